@@ -1,0 +1,228 @@
+"""Subcommands. Every option can also come from an environment variable."""
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dispatcher.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="dispatcher",
+    help="Event-driven notification dispatcher for alerts that must never be lost.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class _State:
+    verbose: bool = False
+    config: Path | None = None
+
+
+state = _State()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DISPATCHER_CONFIG",
+        help="YAML configuration file.",
+        show_default=False,
+    ),
+]
+
+
+@app.callback()
+def _root(
+    config: ConfigOption = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", envvar="DISPATCHER_VERBOSE", help="Show tracebacks."
+        ),
+    ] = False,
+) -> None:
+    state.verbose = verbose
+    state.config = config
+
+
+def settings() -> Settings:
+    return load_settings(state.config)
+
+
+def _run(coro: "asyncio.Future[object] | object") -> object:
+    import uvloop  # noqa: PLC0415 - only the commands that run a loop need it
+
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
+@app.command()
+def migrate(
+    revision: Annotated[
+        str, typer.Option(envvar="DISPATCHER_MIGRATE_REVISION", help="Target revision.")
+    ] = "head",
+) -> None:
+    """Upgrade the database schema (idempotent)."""
+    from dispatcher.app import build_engine  # noqa: PLC0415
+    from dispatcher.db import migrate as migrations  # noqa: PLC0415
+
+    cfg = settings()
+
+    async def go() -> None:
+        engine = build_engine(cfg, "dispatcher-migrate")
+        try:
+            await migrations.upgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    _run(go())
+    typer.echo(f"database upgraded to {revision}")
+
+
+@app.command()
+def serve() -> None:
+    """Run the dispatcher: ingest (and the channel workers) until SIGTERM."""
+    from dispatcher.app import IngestService, build_engine, run_until_signalled  # noqa: PLC0415
+    from dispatcher.logs import configure_logging  # noqa: PLC0415
+
+    cfg = settings()
+    configure_logging(cfg.log_level, cfg.log_format)
+
+    async def go() -> None:
+        engine = build_engine(cfg)
+        await run_until_signalled([IngestService(cfg, engine)], engine)
+
+    _run(go())
+
+
+@app.command()
+def publish(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Event file (JSON object or array of objects), or - for stdin."
+        ),
+    ] = "-",
+    routing_key: Annotated[
+        str | None,
+        typer.Option(
+            "--routing-key",
+            "-k",
+            envvar="DISPATCHER_PUBLISH_ROUTING_KEY",
+            help="Default: each event's type.",
+        ),
+    ] = None,
+    confirm_timeout: Annotated[
+        float, typer.Option(envvar="DISPATCHER_PUBLISH_CONFIRM_TIMEOUT", min=0.1)
+    ] = 5.0,
+    attempts: Annotated[
+        int, typer.Option(envvar="DISPATCHER_PUBLISH_ATTEMPTS", min=1, max=100)
+    ] = 5,
+) -> None:
+    """Publish events to the exchange, waiting for the broker's confirms.
+
+    A file that is not JSON is published as it is (it will be stored as a rejected message).
+    """
+    from dispatcher.publisher import Publisher  # noqa: PLC0415
+
+    cfg = settings()
+    messages = _messages(_read(source), routing_key)
+
+    async def go() -> int:
+        async with Publisher(
+            cfg.amqp_url.get_secret_value(),
+            cfg.exchange,
+            confirm_timeout=confirm_timeout,
+            attempts=attempts,
+        ) as publisher:
+            return await publisher.publish_many(messages)
+
+    count = _run(go())
+    typer.echo(f"published {count} message(s) to exchange {cfg.exchange!r}")
+
+
+def _read(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    path = Path(source)
+    if not path.is_file():
+        raise typer.BadParameter(f"no such file: {source}", param_hint="SOURCE")
+    return path.read_bytes()
+
+
+def _messages(
+    raw: bytes, routing_key: str | None
+) -> list[tuple[bytes, str, str | None]]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        if routing_key is None:
+            raise typer.BadParameter(
+                "the input is not JSON: give --routing-key to publish it anyway"
+            ) from None
+        return [(raw, routing_key, None)]
+    if isinstance(doc, list):
+        return [_one(json.dumps(item).encode(), item, routing_key) for item in doc]
+    return [_one(raw, doc, routing_key)]
+
+
+def _one(
+    body: bytes, doc: object, routing_key: str | None
+) -> tuple[bytes, str, str | None]:
+    fields = doc if isinstance(doc, dict) else {}
+    key = routing_key or fields.get("type")
+    if not isinstance(key, str) or not key:
+        raise typer.BadParameter("an event has no string 'type': give --routing-key")
+    event_id = fields.get("event_id")
+    return body, key, event_id if isinstance(event_id, str) else None
+
+
+@app.command()
+def check() -> None:
+    """Check that PostgreSQL (schema at head) and RabbitMQ answer; for health checks."""
+    from dispatcher.health import check_dependencies  # noqa: PLC0415
+
+    cfg = settings()
+    problems = _run(check_dependencies(cfg))
+    if problems:
+        for problem in problems:  # type: ignore[attr-defined]
+            typer.echo(f"not ready: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok")
+
+
+@app.command()
+def schema(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file instead of stdout."),
+    ] = None,
+) -> None:
+    """Print the JSON Schema of the event contract (v1)."""
+    from dispatcher.events.schema import event_json_schema  # noqa: PLC0415
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+@app.command()
+def demo(
+    events: Annotated[
+        int, typer.Option(envvar="DISPATCHER_DEMO_EVENTS", min=1, max=1000)
+    ] = 6,
+) -> None:
+    """Run the service with local sink servers, publish sample crisis events, show the result."""
+    from dispatcher.demo import run_demo  # noqa: PLC0415
+
+    _run(run_demo(settings(), events=events))

@@ -1,0 +1,77 @@
+"""The connection pool, and the one place driver errors become dispatcher errors."""
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from dispatcher.errors import StorageConflict, StorageUnavailable
+
+#: asyncpg errors that mean "the data was refused": retrying the same data cannot help.
+_DATA_ERRORS = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, application_name: str = "dispatcher"
+) -> AsyncEngine:
+    """A pooled async engine with bounded connect and statement times."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 60,
+            "server_settings": {"application_name": application_name},
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    """The one session factory; sessions never outlive a batch or a task."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def wrap_db_errors() -> Iterator[None]:
+    """Translate driver errors once. Messages carry the class name only: asyncpg's text
+    includes DETAIL lines with row values (PII), so ``str(exc)`` is never propagated."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        orig = getattr(exc, "orig", None)
+        cause = getattr(orig, "__cause__", None) or orig
+        if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or isinstance(
+            cause, _DATA_ERRORS
+        ):
+            raise StorageConflict(
+                f"PostgreSQL refused the data ({_name(cause or exc)})"
+            ) from None
+        raise StorageUnavailable(
+            f"PostgreSQL is unavailable ({_name(cause or exc)})"
+        ) from None
+    except (
+        OSError,
+        asyncio.TimeoutError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.InterfaceError,
+    ) as exc:
+        raise StorageUnavailable(f"PostgreSQL is unavailable ({_name(exc)})") from None
+    except asyncpg.exceptions.PostgresError as exc:
+        raise StorageUnavailable(f"PostgreSQL error ({_name(exc)})") from None
+
+
+def _name(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        f"{type(exc).__name__}, SQLSTATE {sqlstate}" if sqlstate else type(exc).__name__
+    )

@@ -1,0 +1,226 @@
+"""The schema, as SQLAlchemy 2 tables; Alembic migrations must agree (``alembic check``)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery is in its lifecycle (docs/delivery.md has the diagram)."""
+
+    #: Waiting to be claimed once ``next_attempt_at`` has passed.
+    PENDING = "pending"
+    #: Claimed by a worker; ``next_attempt_at`` is the lease expiry, then it is claimable again.
+    IN_FLIGHT = "in_flight"
+    #: Accepted by the provider. Final.
+    DELIVERED = "delivered"
+    #: Dead-lettered: a permanent error or the retry policy ran out. Final until replayed.
+    DEAD = "dead"
+
+
+class AuditKind(StrEnum):
+    """Kinds of append-only audit-log entries."""
+
+    #: An event was stored with its deliveries.
+    EVENT_RECEIVED = "event.received"
+    #: An event was stored but no recipient matched: it reaches nobody.
+    EVENT_UNROUTED = "event.unrouted"
+    #: The same event_id arrived again with the same content; nothing changed.
+    EVENT_DUPLICATE = "event.duplicate"
+    #: The same event_id arrived again with different content; the original is kept.
+    EVENT_CONFLICT = "event.conflict"
+    #: A message was refused and stored in rejected_messages.
+    MESSAGE_REJECTED = "message.rejected"
+    #: A delivery was dead-lettered.
+    DELIVERY_DEAD = "delivery.dead_lettered"
+    #: A dead delivery was put back into the queue by an operator.
+    DELIVERY_REPLAYED = "delivery.replayed"
+    #: A circuit breaker changed state.
+    BREAKER_TRANSITION = "breaker.transition"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class Event(Base):
+    """One accepted event, stored before its broker message is acked."""
+
+    __tablename__ = "events"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    schema_version: Mapped[int] = mapped_column(SmallInteger)
+    type: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    subject_id: Mapped[str] = mapped_column(Text)
+    correlation_id: Mapped[str | None] = mapped_column(Text)
+    #: The whole validated envelope as canonical JSON; PII lives here and in recipients.
+    payload: Mapped[dict[str, Any]]
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    traceparent: Mapped[str | None] = mapped_column(Text)
+    tracestate: Mapped[str | None] = mapped_column(Text)
+    delivery_count: Mapped[int] = mapped_column(SmallInteger)
+
+    __table_args__ = (
+        CheckConstraint(
+            "severity IN ('critical','high','medium','low','info')", name="severity"
+        ),
+        Index(None, "received_at"),
+        Index(None, "occurred_at"),
+        Index(None, "type", "received_at"),
+        Index(None, "subject_id", "received_at"),
+        Index(None, "severity", "received_at"),
+        Index(
+            None, "correlation_id", postgresql_where=text("correlation_id IS NOT NULL")
+        ),
+    )
+
+
+class Delivery(Base):
+    """One message to one recipient on one channel: the outbox row and its state."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[UUID] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    channel: Mapped[str] = mapped_column(Text)
+    #: Address, E.164 number or endpoint name: PII, masked by the audit API.
+    recipient: Mapped[str] = mapped_column(Text)
+    #: The routing rule that added it; NULL when the event named the recipient.
+    rule: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        Text, server_default=DeliveryStatus.PENDING.value
+    )
+    #: 0 (critical) .. 4 (info); claimed in this order.
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Pending: when it may next be tried. In flight: when its lease expires.
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: Fencing token of the current claim: a late result from an older claim is ignored.
+    lease_token: Mapped[UUID | None]
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    last_error_class: Mapped[str | None] = mapped_column(Text)
+    last_error_message: Mapped[str | None] = mapped_column(Text)
+    last_provider: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None]
+    dead_at: Mapped[datetime | None]
+    traceparent: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending','in_flight','delivered','dead')", name="status"
+        ),
+        CheckConstraint("channel IN ('email','sms','webhook')", name="channel"),
+        Index(None, "event_id", "channel", "recipient", unique=True),
+        Index(
+            "ix_deliveries_claimable",
+            "channel",
+            "priority",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending','in_flight')"),
+        ),
+        Index(None, "status", "updated_at"),
+        Index(
+            "ix_deliveries_dead",
+            "channel",
+            "dead_at",
+            postgresql_where=text("status = 'dead'"),
+        ),
+    )
+
+
+class DeliveryAttempt(Base):
+    """One try of one delivery, successful or not."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delivery_id: Mapped[UUID] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="RESTRICT")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    #: delivered | failed | deferred
+    outcome: Mapped[str] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    provider_code: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None]
+
+    __table_args__ = (Index(None, "delivery_id", "attempt"), Index(None, "started_at"))
+
+
+class AuditEntry(Base):
+    """Append-only log of what happened; a trigger refuses UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    kind: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[UUID | None]
+    delivery_id: Mapped[UUID | None]
+    #: Ids, counts, codes: never payloads, addresses or numbers.
+    detail: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+    __table_args__ = (
+        Index(None, "event_id", postgresql_where=text("event_id IS NOT NULL")),
+        Index(None, "delivery_id", postgresql_where=text("delivery_id IS NOT NULL")),
+        Index(None, "kind", "at"),
+        Index(None, "at"),
+    )
+
+
+class RejectedMessage(Base):
+    """A message that was not a valid event, kept with its reason so nothing is lost."""
+
+    __tablename__ = "rejected_messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: ingest | ingest_dlq
+    source: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    #: The body, cut at the size limit.
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    body_size: Mapped[int] = mapped_column(Integer)
+    headers: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    routing_key: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "reason", "received_at"), Index(None, "received_at"))

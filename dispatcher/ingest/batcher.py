@@ -1,0 +1,169 @@
+"""Group commit: messages wait in a queue; each writer takes all that are waiting (up to
+``batch_max``), stores them in one transaction and hands them to ``on_commit`` (the acker).
+
+No timer: an idle writer takes a lone message at once (low latency), a busy one finds a
+full batch waiting when it comes back (high throughput).
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.errors import StorageConflict, StorageUnavailable
+from dispatcher.events.rejection import RejectReason, Rejection
+from dispatcher.ingest.incoming import Incoming
+from dispatcher.ingest.store import BatchResult, persist_batch
+
+log = structlog.get_logger("dispatcher.ingest")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    item: Incoming
+    token: T
+    done: asyncio.Future[None]
+
+
+class Batcher(Generic[T]):
+    """Stores submitted messages in batches, retrying while PostgreSQL is away."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_commit: Callable[[list[T]], Awaitable[None]],
+        *,
+        batch_max: int = 500,
+        writers: int = 2,
+        max_body_bytes: int = 262_144,
+        retry_max_delay: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._on_commit = on_commit
+        self._batch_max = batch_max
+        self._writers = writers
+        self._max_body = max_body_bytes
+        self._retry_max_delay = retry_max_delay
+        self._queue: deque[_Entry[T]] = deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        #: False while PostgreSQL is unreachable; readiness probes read it.
+        self.storage_ok = True
+        self.totals = BatchResult()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"ingest-writer-{i}")
+            for i in range(self._writers)
+        ]
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Store and hand over everything already submitted, then stop the writers.
+
+        After ``grace`` seconds (PostgreSQL still away) the writers are cancelled: what was
+        not committed is not acked, so the broker delivers it again.
+        """
+        self._stopping = True
+        self._wakeup.set()
+        _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning(
+                "dispatcher.ingest.stop_abandoned", uncommitted=len(self._queue)
+            )
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def submit(self, item: Incoming, token: T) -> None:
+        """Queue one message; returns once it is committed (and handed to ``on_commit``)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(item, token, done))
+        self._wakeup.set()
+        await asyncio.shield(done)
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [
+                self._queue.popleft()
+                for _ in range(min(self._batch_max, len(self._queue)))
+            ]
+            await self._store(batch)
+            try:
+                await self._on_commit([e.token for e in batch])
+            finally:
+                for entry in batch:
+                    if not entry.done.done():
+                        entry.done.set_result(None)
+
+    async def _store(self, batch: Sequence[_Entry[T]]) -> None:
+        try:
+            await self._write_retrying([e.item for e in batch])
+        except StorageConflict:
+            # One message PostgreSQL refuses must not fail the others: store them one by one.
+            for entry in batch:
+                await self._store_alone(entry.item)
+
+    async def _store_alone(self, item: Incoming) -> None:
+        try:
+            await self._write_retrying([item])
+        except StorageConflict:
+            log.error("dispatcher.ingest.storage_rejected", message_id=item.message_id)
+            item.outcome = Rejection(
+                RejectReason.STORAGE_REJECTED,
+                "PostgreSQL refused the event although it validated",
+            )
+            try:
+                await self._write_retrying([item])
+            except StorageConflict:
+                item.headers = {}  # the last thing that could be refused; the body is bytea
+                await self._write_retrying([item])
+
+    async def _write_retrying(self, items: list[Incoming]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                with wrap_db_errors():
+                    async with self._engine.begin() as conn:
+                        result = await persist_batch(
+                            conn, items, max_body_bytes=self._max_body
+                        )
+            except StorageUnavailable as exc:
+                if self.storage_ok:
+                    log.warning(
+                        "dispatcher.ingest.storage_unavailable",
+                        error=str(exc),
+                        waiting=len(items) + len(self._queue),
+                    )
+                    self.storage_ok = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+                continue
+            if not self.storage_ok:
+                self.storage_ok = True
+                log.info("dispatcher.ingest.storage_recovered")
+            self._account(result)
+            return
+
+    def _account(self, result: BatchResult) -> None:
+        t = self.totals
+        t.stored += result.stored
+        t.duplicates += result.duplicates
+        t.conflicts += result.conflicts
+        t.rejected += result.rejected
+        t.deliveries += result.deliveries
+        for event_id in result.unrouted:
+            log.warning("dispatcher.ingest.event_unrouted", event_id=str(event_id))

@@ -1,0 +1,323 @@
+"""Every SQL statement of ingest: one batch of messages in one transaction.
+
+Two or three round trips per batch whatever its size: insert the events, look up the
+digests of the ones that already existed (rare), then write deliveries, audit entries and
+rejected messages in one statement and wake the channel workers.
+"""
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dispatcher.db.models import AuditKind
+from dispatcher.events.rejection import Rejection
+from dispatcher.ingest.incoming import Accepted, Incoming, Source
+
+#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
+OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
+
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id,
+                        correlation_id, payload, digest, traceparent, tracestate, delivery_count)
+    SELECT n.id, 1, n.type, n.severity, n.occurred_at, n.subject_id, n.correlation_id,
+           n.payload::jsonb, n.digest, n.traceparent, n.tracestate, n.delivery_count
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:severities AS text[]),
+                CAST(:occurred AS timestamptz[]), CAST(:subjects AS text[]),
+                CAST(:correlations AS text[]), CAST(:payloads AS text[]),
+                CAST(:digests AS bytea[]), CAST(:traceparents AS text[]),
+                CAST(:tracestates AS text[]), CAST(:delivery_counts AS smallint[]))
+         AS n(id, type, severity, occurred_at, subject_id, correlation_id, payload, digest,
+              traceparent, tracestate, delivery_count)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+_EXISTING_DIGESTS = text(
+    "SELECT id, digest FROM events WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+_WRITE_REST = text(
+    """
+    WITH deliveries_in AS (
+        INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent)
+        SELECT * FROM unnest(CAST(:d_ids AS uuid[]), CAST(:d_events AS uuid[]),
+                             CAST(:d_channels AS text[]), CAST(:d_recipients AS text[]),
+                             CAST(:d_rules AS text[]), CAST(:d_priorities AS smallint[]),
+                             CAST(:d_traceparents AS text[]))
+        RETURNING channel
+    ), rejected_in AS (
+        INSERT INTO rejected_messages (source, reason, message, body, body_size, headers,
+                                       routing_key, message_id)
+        SELECT r.source, r.reason, r.message, r.body, r.body_size, r.headers::jsonb,
+               r.routing_key, r.message_id
+        FROM unnest(CAST(:r_sources AS text[]), CAST(:r_reasons AS text[]),
+                    CAST(:r_messages AS text[]), CAST(:r_bodies AS bytea[]),
+                    CAST(:r_sizes AS integer[]), CAST(:r_headers AS text[]),
+                    CAST(:r_routing_keys AS text[]), CAST(:r_message_ids AS text[]))
+             AS r(source, reason, message, body, body_size, headers, routing_key, message_id)
+        RETURNING id, reason, message_id
+    ), audit_in AS (
+        INSERT INTO audit_log (kind, event_id, detail)
+        SELECT a.kind, a.event_id, a.detail::jsonb
+        FROM unnest(CAST(:a_kinds AS text[]), CAST(:a_events AS uuid[]),
+                    CAST(:a_details AS text[])) AS a(kind, event_id, detail)
+        UNION ALL
+        SELECT 'message.rejected', NULL,
+               jsonb_build_object('rejected_id', id, 'reason', reason, 'message_id', message_id)
+        FROM rejected_in
+    )
+    SELECT pg_notify(:notify_channel, c)
+    FROM (SELECT DISTINCT channel AS c FROM deliveries_in) AS woken
+    """
+)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch wrote, for logs and tests."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    deliveries: int = 0
+    unrouted: list[UUID] = field(default_factory=list)
+
+
+async def persist_batch(
+    conn: AsyncConnection, batch: Sequence[Incoming], *, max_body_bytes: int
+) -> BatchResult:
+    """Write one batch; the caller owns the transaction (commit, then ack)."""
+    result = BatchResult()
+    accepted: dict[UUID, tuple[Incoming, Accepted]] = {}
+    repeats: list[tuple[Incoming, Accepted]] = []
+    rejected: list[tuple[Incoming, Rejection]] = []
+    for item in batch:
+        outcome = item.outcome
+        if isinstance(outcome, Rejection):
+            rejected.append((item, outcome))
+        elif outcome.parsed.event.event_id in accepted:
+            repeats.append((item, outcome))  # the same id twice in one batch
+        else:
+            accepted[outcome.parsed.event.event_id] = (item, outcome)
+
+    inserted: set[UUID] = set()
+    if accepted:
+        rows = await conn.execute(_INSERT_EVENTS, _event_params(accepted.values()))
+        inserted = {row[0] for row in rows}
+    audit = _AuditRows()
+    deliveries = _DeliveryRows()
+    digests = {
+        eid: acc.parsed.digest for eid, (_, acc) in accepted.items() if eid in inserted
+    }
+    for event_id in inserted:
+        item_, acc = accepted[event_id]
+        deliveries.add(acc, item_)
+        received: dict[str, Any] = {"deliveries": len(acc.routes)}
+        if item_.source is not Source.INGEST:
+            received["source"] = item_.source.value
+        if acc.routes:
+            audit.add(AuditKind.EVENT_RECEIVED, event_id, received)
+        else:
+            audit.add(AuditKind.EVENT_UNROUTED, event_id, received)
+            result.unrouted.append(event_id)
+    repeats.extend(pair for eid, pair in accepted.items() if eid not in inserted)
+    if repeats:
+        missing = [
+            acc.parsed.event.event_id
+            for _, acc in repeats
+            if acc.parsed.event.event_id not in digests
+        ]
+        if missing:
+            rows = await conn.execute(_EXISTING_DIGESTS, {"ids": missing})
+            digests.update({row[0]: row[1] for row in rows})
+        for item, acc in repeats:
+            event_id = acc.parsed.event.event_id
+            same = digests.get(event_id) == acc.parsed.digest
+            kind = AuditKind.EVENT_DUPLICATE if same else AuditKind.EVENT_CONFLICT
+            detail: dict[str, Any] = {
+                "message_id": item.message_id,
+                "source": item.source.value,
+            }
+            if not same:
+                detail["digest"] = acc.parsed.digest.hex()
+                result.conflicts += 1
+            else:
+                result.duplicates += 1
+            audit.add(kind, event_id, detail)
+
+    rejects = _RejectedRows(max_body_bytes)
+    for item, rejection in rejected:
+        rejects.add(item, rejection)
+    if deliveries.ids or audit.kinds or rejects.reasons:
+        params = {
+            **deliveries.params(),
+            **rejects.params(),
+            **audit.params(),
+            "notify_channel": OUTBOX_NOTIFY_CHANNEL,
+        }
+        await conn.execute(_WRITE_REST, params)
+    result.stored = len(inserted)
+    result.rejected = len(rejected)
+    result.deliveries = len(deliveries.ids)
+    return result
+
+
+def _event_params(pairs: Any) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "ids",
+            "types",
+            "severities",
+            "occurred",
+            "subjects",
+            "correlations",
+            "payloads",
+            "digests",
+            "traceparents",
+            "tracestates",
+            "delivery_counts",
+        )
+    }
+    for item, acc in pairs:
+        event = acc.parsed.event
+        cols["ids"].append(event.event_id)
+        cols["types"].append(event.type)
+        cols["severities"].append(event.severity.value)
+        cols["occurred"].append(event.occurred_at)
+        cols["subjects"].append(event.subject.id)
+        cols["correlations"].append(event.correlation_id)
+        cols["payloads"].append(acc.parsed.canonical)
+        cols["digests"].append(acc.parsed.digest)
+        cols["traceparents"].append(item.traceparent)
+        cols["tracestates"].append(item.tracestate)
+        cols["delivery_counts"].append(len(acc.routes))
+    return cols
+
+
+class _DeliveryRows:
+    __slots__ = (
+        "channels",
+        "event_ids",
+        "ids",
+        "priorities",
+        "recipients",
+        "rules",
+        "traceparents",
+    )
+
+    def __init__(self) -> None:
+        self.ids: list[UUID] = []
+        self.event_ids: list[UUID] = []
+        self.channels: list[str] = []
+        self.recipients: list[str] = []
+        self.rules: list[str | None] = []
+        self.priorities: list[int] = []
+        self.traceparents: list[str | None] = []
+
+    def add(self, acc: Accepted, item: Incoming) -> None:
+        event = acc.parsed.event
+        priority = event.severity.priority
+        traceparent = item.traceparent
+        for r in acc.routes:
+            self.ids.append(uuid.uuid4())
+            self.event_ids.append(event.event_id)
+            self.channels.append(r.channel.value)
+            self.recipients.append(r.to)
+            self.rules.append(r.rule)
+            self.priorities.append(priority)
+            self.traceparents.append(traceparent)
+
+    def params(self) -> dict[str, list[Any]]:
+        return {
+            "d_ids": self.ids,
+            "d_events": self.event_ids,
+            "d_channels": self.channels,
+            "d_recipients": self.recipients,
+            "d_rules": self.rules,
+            "d_priorities": self.priorities,
+            "d_traceparents": self.traceparents,
+        }
+
+
+class _AuditRows:
+    __slots__ = ("details", "event_ids", "kinds")
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.event_ids: list[UUID | None] = []
+        self.details: list[str] = []
+
+    def add(
+        self, kind: AuditKind, event_id: UUID | None, detail: dict[str, Any]
+    ) -> None:
+        self.kinds.append(kind.value)
+        self.event_ids.append(event_id)
+        self.details.append(json.dumps(detail))
+
+    def params(self) -> dict[str, list[Any]]:
+        return {
+            "a_kinds": self.kinds,
+            "a_events": self.event_ids,
+            "a_details": self.details,
+        }
+
+
+class _RejectedRows:
+    __slots__ = (
+        "bodies",
+        "headers",
+        "max_body",
+        "message_ids",
+        "messages",
+        "reasons",
+        "routing_keys",
+        "sizes",
+        "sources",
+    )
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.sources: list[str] = []
+        self.reasons: list[str] = []
+        self.messages: list[str] = []
+        self.bodies: list[bytes] = []
+        self.sizes: list[int] = []
+        self.headers: list[str] = []
+        self.routing_keys: list[str | None] = []
+        self.message_ids: list[str | None] = []
+
+    def add(self, item: Incoming, rejection: Rejection) -> None:
+        self.sources.append(item.source.value)
+        self.reasons.append(rejection.reason.value)
+        self.messages.append(rejection.message)
+        self.bodies.append(item.body[: self.max_body])
+        self.sizes.append(len(item.body))
+        self.headers.append(item.headers_json())
+        self.routing_keys.append(_clean(item.routing_key))
+        self.message_ids.append(_clean(item.message_id))
+
+    def params(self) -> dict[str, list[Any]]:
+        return {
+            "r_sources": self.sources,
+            "r_reasons": self.reasons,
+            "r_messages": self.messages,
+            "r_bodies": self.bodies,
+            "r_sizes": self.sizes,
+            "r_headers": self.headers,
+            "r_routing_keys": self.routing_keys,
+            "r_message_ids": self.message_ids,
+        }
+
+
+def _clean(value: str | None) -> str | None:
+    return None if value is None else value[:256].replace("\x00", "\ufffd")

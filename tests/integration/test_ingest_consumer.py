@@ -1,0 +1,262 @@
+"""Ingest end to end through real RabbitMQ and PostgreSQL, in-process."""
+
+import asyncio
+import json
+import time
+import uuid
+
+import aio_pika
+import pytest
+from sqlalchemy import text
+
+from dispatcher import topology
+from dispatcher.app import IngestService
+from dispatcher.publisher import Publisher
+from dispatcher.testing import event_bytes
+from tests.conftest import AMQP_URL
+from tests.unit.test_parse import MALFORMED
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.rabbitmq,
+    pytest.mark.usefixtures("cleanup_broker"),
+]
+
+WEBHOOKS = {
+    "webhook": {
+        "endpoints": {"safety-monitor": {"url": "https://monitor.example.org/hook"}}
+    }
+}
+
+
+async def wait_for(engine, sql: str, expected: int, timeout: float = 30.0) -> int:
+    """Poll a count until it reaches ``expected`` or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    value = -1
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            value = (await conn.execute(text(sql))).scalar_one()
+        if value >= expected:
+            return value
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def queue_depth(amqp, name: str) -> int:
+    channel = await amqp.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count
+    finally:
+        await channel.close()
+
+
+@pytest.fixture
+async def service(engine, database, make_settings):
+    settings = make_settings(database, channels=WEBHOOKS)
+    service = IngestService(settings, engine)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def publish(settings, bodies: list[tuple[bytes, str]]) -> None:
+    async with Publisher(AMQP_URL, settings.exchange) as publisher:
+        await publisher.publish_many((b, key, None) for b, key in bodies)
+
+
+async def test_events_are_stored_then_acked_in_batches(service, engine, amqp) -> None:
+    """Published events are stored with deliveries, the queue drains, and acks are batched."""
+    bodies = [
+        (
+            event_bytes(
+                recipients=[{"channel": "email", "to": f"team{n}@example.org"}]
+            ),
+            "crisis.detected",
+        )
+        for n in range(300)
+    ]
+    await publish(service.settings, bodies)
+    assert await wait_for(engine, "SELECT count(*) FROM events", 300) == 300
+    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 300) == 300
+    await asyncio.sleep(0.2)
+    assert (
+        await queue_depth(amqp, topology.ingest_queue(service.settings.queue_prefix))
+        == 0
+    )
+    assert 1 <= service.acker.acks_sent < 300, "acks must be multiple-acks per batch"
+
+
+async def test_every_malformed_kind_becomes_one_rejected_row(
+    service, engine, amqp
+) -> None:
+    """Each malformed message is stored once with its reason, acked, and the consumer goes on."""
+    bodies = [(body, "crisis.detected") for _, body, _ in MALFORMED]
+    await publish(service.settings, bodies)
+    valid = event_bytes()
+    await publish(service.settings, [(valid, "crisis.detected")])
+    n = await wait_for(engine, "SELECT count(*) FROM rejected_messages", len(MALFORMED))
+    async with engine.connect() as conn:
+        got = sorted(
+            (await conn.execute(text("SELECT reason FROM rejected_messages"))).scalars()
+        )
+    import collections
+
+    assert n == len(MALFORMED), collections.Counter(
+        r.value for _, _, r in MALFORMED
+    ) - collections.Counter(got)
+    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
+    async with engine.connect() as conn:
+        reasons = sorted(
+            (await conn.execute(text("SELECT reason FROM rejected_messages"))).scalars()
+        )
+    assert reasons == sorted(r.value for _, _, r in MALFORMED)
+    await asyncio.sleep(0.2)
+    assert (
+        await queue_depth(amqp, topology.ingest_queue(service.settings.queue_prefix))
+        == 0
+    )
+
+
+async def test_duplicate_publish_is_idempotent(service, engine) -> None:
+    """The same event published three times is one event and one set of deliveries."""
+    body = event_bytes(recipients=[{"channel": "sms", "to": "+15551234567"}])
+    await publish(service.settings, [(body, "crisis.detected")] * 3)
+    assert (
+        await wait_for(
+            engine, "SELECT count(*) FROM audit_log WHERE kind = 'event.duplicate'", 2
+        )
+        == 2
+    )
+    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
+    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 1) == 1
+
+
+async def test_routing_rules_add_recipients(
+    engine, database, make_settings, amqp
+) -> None:
+    """Rules add recipients by type pattern and severity; explicit and rule recipients merge."""
+    rules = [
+        {
+            "name": "crisis-critical",
+            "types": ["crisis.*"],
+            "min_severity": "high",
+            "recipients": [
+                {"channel": "email", "to": "crisis-team@example.org"},
+                {"channel": "sms", "to": "+15550001111"},
+                {"channel": "webhook", "to": "safety-monitor"},
+            ],
+        }
+    ]
+    settings = make_settings(database, channels=WEBHOOKS, routing=rules)
+    service = IngestService(settings, engine)
+    await service.start()
+    try:
+        critical = event_bytes(
+            severity="critical",
+            recipients=[{"channel": "email", "to": "crisis-team@example.org"}],
+        )
+        low = event_bytes(severity="low")
+        other = event_bytes(type="wellbeing.checkin", severity="critical")
+        await publish(
+            settings,
+            [
+                (critical, "crisis.detected"),
+                (low, "crisis.detected"),
+                (other, "wellbeing.checkin"),
+            ],
+        )
+        assert await wait_for(engine, "SELECT count(*) FROM events", 3) == 3
+    finally:
+        await service.stop()
+    async with engine.connect() as conn:
+        counts = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT e.severity || ':' || e.type, count(d.id) FROM events e LEFT JOIN deliveries d ON d.event_id = e.id GROUP BY 1"
+                    )
+                )
+            ).all()
+        )
+        rules_used = set(
+            (
+                await conn.execute(
+                    text("SELECT DISTINCT coalesce(rule, '-') FROM deliveries")
+                )
+            ).scalars()
+        )
+    assert counts == {
+        "critical:crisis.detected": 3,
+        "low:crisis.detected": 0,
+        "critical:wellbeing.checkin": 0,
+    }
+    assert rules_used == {"-", "crisis-critical"}
+
+
+async def test_dead_lettered_messages_are_consumed_not_lost(
+    service, engine, amqp
+) -> None:
+    """What lands in the ingest DLQ is consumed: a valid event is stored, garbage is rejected."""
+    channel = await amqp.channel()
+    dlx = await channel.get_exchange(topology.ingest_dlx(service.settings.queue_prefix))
+    valid = event_bytes(recipients=[{"channel": "email", "to": "team@example.org"}])
+    await dlx.publish(
+        aio_pika.Message(
+            valid, headers={"x-death": [{"reason": "delivery_limit", "count": 20}]}
+        ),
+        routing_key="crisis.detected",
+    )
+    await dlx.publish(aio_pika.Message(b"garbage"), routing_key="crisis.detected")
+    await channel.close()
+    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
+    assert (
+        await wait_for(
+            engine,
+            "SELECT count(*) FROM rejected_messages WHERE source = 'ingest_dlq'",
+            1,
+        )
+        == 1
+    )
+    async with engine.connect() as conn:
+        detail = (
+            await conn.execute(
+                text("SELECT detail FROM audit_log WHERE kind = 'event.received'")
+            )
+        ).scalar_one()
+    assert detail["source"] == "ingest_dlq"
+    await asyncio.sleep(0.2)
+    assert (
+        await queue_depth(amqp, topology.ingest_dlq(service.settings.queue_prefix)) == 0
+    )
+
+
+async def test_ingest_queue_is_quorum_with_delivery_limit_and_dlx(
+    service, amqp
+) -> None:
+    """The ingest queue is declared durable, quorum, with an explicit delivery limit and DLX."""
+    channel = await amqp.channel()
+    name = topology.ingest_queue(service.settings.queue_prefix)
+    # Re-declaring with the same arguments succeeds; a mismatch would close the channel.
+    await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": service.settings.ingest.delivery_limit,
+            "x-dead-letter-exchange": topology.ingest_dlx(
+                service.settings.queue_prefix
+            ),
+        },
+    )
+    await channel.close()
+
+
+async def test_unroutable_publish_is_an_error(make_settings) -> None:
+    """Publishing to an exchange with no bound queue fails loudly instead of vanishing."""
+    from dispatcher.errors import PublishError
+
+    settings = make_settings(exchange=f"test.unbound.{uuid.uuid4().hex[:8]}")
+    async with Publisher(AMQP_URL, settings.exchange) as publisher:
+        with pytest.raises(PublishError, match="unroutable"):
+            await publisher.publish(json.dumps({"a": 1}).encode(), "crisis.detected")
