@@ -7,6 +7,7 @@ never the value. Nothing else in the package reads ``os.environ``.
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -108,7 +109,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
-    except (OSError, ValueError) as exc:  # unreadable or unparsable YAML
+    except (
+        OSError,
+        ValueError,
+        yaml.YAMLError,
+    ) as exc:  # unreadable or unparsable YAML
         raise ConfigError(f"cannot read configuration: {type(exc).__name__}") from None
 
 

@@ -3,26 +3,14 @@
 import sys
 import traceback
 
-import click
-import typer
-
 from dispatcher.cli.commands import app, state
 
 
 def main() -> None:
-    """Entry point: errors print one line with their chain of causes and exit 1; usage
-    errors exit 2; the traceback only with ``-v``."""
+    """Entry point. Typer reports usage errors itself (exit 2); every other error prints one
+    line with its chain of causes and exits 1, with the traceback only under ``-v``."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit):
-        raise
+        app()
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place every error is reported
@@ -33,7 +21,7 @@ def main() -> None:
 
 
 def describe(exc: BaseException) -> str:
-    """``message: cause: cause`` on one line, without repeating a message."""
+    """``message: cause: cause`` on one line, skipping a cause already in the message."""
     parts: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -41,11 +29,7 @@ def describe(exc: BaseException) -> str:
         seen.add(id(current))
         text = str(current).strip() or type(current).__name__
         if not parts or text not in parts[-1]:
-            parts.append(
-                text
-                if parts or not isinstance(current, OSError)
-                else f"{type(current).__name__}: {text}"
-            )
+            parts.append(text)
         current = current.__cause__ or (
             None if current.__suppress_context__ else current.__context__
         )

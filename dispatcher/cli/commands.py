@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ def _root(
 ) -> None:
     state.verbose = verbose
     state.config = config
+    # One-shot commands report their own errors in one line; library log records would only
+    # repeat them (serve configures real logging itself).
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def settings() -> Settings:

@@ -1,0 +1,102 @@
+"""Settings: environment over YAML, secrets hidden, errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from dispatcher.errors import ConfigError
+from dispatcher.events.kinds import Severity
+from dispatcher.settings import load_settings
+
+SECRET = "pw-canary-7d1e"
+
+
+def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing configured the settings validate, with safe ingest defaults."""
+    monkeypatch.delenv("DISPATCHER_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.ingest.max_body_bytes == 262_144
+    assert settings.exchange == "notifications"
+
+
+def test_secrets_are_masked_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Database and broker URLs are secrets: repr and str never show them."""
+    monkeypatch.setenv(
+        "DISPATCHER_DATABASE_URL", f"postgresql+asyncpg://u:{SECRET}@h/db"
+    )
+    monkeypatch.setenv("DISPATCHER_AMQP_URL", f"amqp://u:{SECRET}@h/")
+    settings = load_settings()
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+    assert settings.amqp_url.get_secret_value().endswith("@h/")
+
+
+def test_yaml_overlay_and_env_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The YAML file configures routing; an environment variable beats the file."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        """
+exchange: from-yaml
+ingest:
+  batch_max: 100
+routing:
+  - name: crisis-critical
+    types: ["crisis.*"]
+    min_severity: high
+    recipients:
+      - {channel: email, to: crisis-team@example.org}
+      - {channel: sms, to: "+15551234567"}
+"""
+    )
+    monkeypatch.setenv("DISPATCHER_EXCHANGE", "from-env")
+    settings = load_settings(config)
+    assert settings.exchange == "from-env"
+    assert settings.ingest.batch_max == 100
+    rule = settings.routing[0]
+    assert rule.matches("crisis.detected", Severity.CRITICAL)
+    assert not rule.matches("crisis.detected", Severity.LOW)
+    assert not rule.matches("wellbeing.checkin", Severity.CRITICAL)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("ingest:\n  prefetch: 0\n", "ingest.prefetch"),
+        (
+            "routing:\n  - name: r\n    recipients: [{channel: sms, to: '555'}]\n",
+            "routing.0.recipients.0.to",
+        ),
+        (
+            "routing:\n  - name: r\n    recipients: [{channel: fax, to: 'x'}]\n",
+            "routing.0.recipients.0.channel",
+        ),
+        ("no_such_key: 1\n", "no_such_key"),
+        ("log_format: xml\n", "log_format"),
+    ],
+    ids=["out-of-range", "bad-phone", "unknown-channel", "unknown-key", "bad-enum"],
+)
+def test_invalid_yaml_names_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:
+    """Every invalid value fails at start with a message naming its key."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(config)
+
+
+def test_invalid_secret_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed value is reported by key; the value itself never appears."""
+    monkeypatch.setenv("DISPATCHER_DATABASE_POOL_SIZE", SECRET)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "database_pool_size" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_unparsable_yaml_is_a_config_error(tmp_path: Path) -> None:
+    """A YAML syntax error is a ConfigError, not a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_text("routing: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_settings(config)
