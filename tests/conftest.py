@@ -5,7 +5,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import aio_pika
 import asyncpg
@@ -25,7 +25,7 @@ AMQP_URL = os.environ.get("DISPATCHER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def unavailable(what: str, exc: BaseException) -> None:
+def unavailable(what: str, exc: BaseException) -> NoReturn:
     message = f"{what} is not reachable ({type(exc).__name__}); start it with scripts/services.sh"
     if IN_CI:
         pytest.fail(message, pytrace=False)
@@ -65,7 +65,7 @@ def template_database() -> Iterator[str]:
 
     try:
         asyncio.run(create())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         unavailable("PostgreSQL", exc)
     yield name
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -92,7 +92,7 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
     """A connection for the test's own declarations and inspection."""
     try:
         connection = await aio_pika.connect_robust(AMQP_URL, timeout=5)
-    except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         unavailable("RabbitMQ", exc)
     yield connection
     await connection.close()

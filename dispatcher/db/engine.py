@@ -1,6 +1,5 @@
 """The connection pool, and the one place driver errors become dispatcher errors."""
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -60,8 +59,8 @@ def wrap_db_errors() -> Iterator[None]:
             f"PostgreSQL is unavailable ({_name(cause or exc)})"
         ) from None
     except (
+        TimeoutError,
         OSError,
-        asyncio.TimeoutError,
         asyncpg.exceptions.PostgresConnectionError,
         asyncpg.exceptions.InterfaceError,
     ) as exc:

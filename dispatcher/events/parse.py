@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from dispatcher.events.kinds import ChannelKind
-from dispatcher.events.rejection import RejectReason, Rejection
+from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.events.schema import SCHEMA_VERSION, EventV1
 
 #: Nesting allowed in the envelope; ``data`` gets this minus one.
@@ -42,7 +42,7 @@ class ParsedEvent:
     digest: bytes
 
 
-class _Refused(Exception):  # noqa: N818 - internal control flow only
+class _Refused(Exception):  # internal control flow only
     def __init__(self, reason: RejectReason, message: str) -> None:
         self.rejection = Rejection(reason, message)
 
@@ -122,6 +122,20 @@ def parse_event(
         )
 
 
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+        )
+    except json.JSONDecodeError as exc:
+        _refuse(
+            RejectReason.NOT_JSON,
+            f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        )
+    except RecursionError:
+        _refuse(RejectReason.TOO_DEEP, "nested too deeply to parse")
+
+
 def _parse(body: bytes, max_bytes: int, endpoints: Collection[str]) -> ParsedEvent:
     if not body:
         _refuse(RejectReason.EMPTY_BODY, "the body is empty")
@@ -134,17 +148,7 @@ def _parse(body: bytes, max_bytes: int, endpoints: Collection[str]) -> ParsedEve
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         _refuse(RejectReason.INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}")
-    try:
-        obj = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
-    except json.JSONDecodeError as exc:
-        _refuse(
-            RejectReason.NOT_JSON,
-            f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        )
-    except RecursionError:
-        _refuse(RejectReason.TOO_DEEP, "nested too deeply to parse")
+    obj = _load_json(text)
     if not isinstance(obj, dict):
         _refuse(
             RejectReason.NOT_AN_OBJECT,

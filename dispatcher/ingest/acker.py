@@ -53,7 +53,12 @@ class Acker:
                 continue
             try:
                 channel = message.channel
-            except Exception:  # noqa: BLE001 - closed channel: the broker redelivers, ingest de-duplicates
+            except Exception as exc:  # noqa: BLE001 - closed channel: the broker redelivers, ingest de-duplicates
+                log.info(
+                    "dispatcher.ingest.ack_skipped",
+                    delivery_tag=tag,
+                    error_type=type(exc).__name__,
+                )
                 continue
             state = self._channels.get(channel)
             if state is None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
-from dispatcher.events.rejection import RejectReason, Rejection
+from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming
 from dispatcher.ingest.store import BatchResult, persist_batch
 

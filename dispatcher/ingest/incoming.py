@@ -2,6 +2,7 @@
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,9 @@ from dispatcher.events.routing import Route
 
 #: Stored header values are cut at this many characters.
 _MAX_HEADER_TEXT = 1024
+_MAX_TRACEPARENT = 128
+_MAX_TRACESTATE = 512
+_MAX_HEADER_DEPTH = 8
 
 
 class Source(StrEnum):
@@ -48,12 +52,16 @@ class Incoming:
     @property
     def traceparent(self) -> str | None:
         value = self.headers.get("traceparent")
-        return value if isinstance(value, str) and len(value) <= 128 else None
+        return (
+            value if isinstance(value, str) and len(value) <= _MAX_TRACEPARENT else None
+        )
 
     @property
     def tracestate(self) -> str | None:
         value = self.headers.get("tracestate")
-        return value if isinstance(value, str) and len(value) <= 512 else None
+        return (
+            value if isinstance(value, str) and len(value) <= _MAX_TRACESTATE else None
+        )
 
     def headers_json(self) -> str:
         """The AMQP headers as JSON; bytes become base64 and long text is cut."""
@@ -61,7 +69,7 @@ class Incoming:
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
-    if depth > 8:
+    if depth > _MAX_HEADER_DEPTH:
         return "<nested too deeply>"
     if isinstance(value, Mapping):
         return {str(k)[:256]: _jsonable(v, depth + 1) for k, v in value.items()}
@@ -74,7 +82,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, (bool, int)) or value is None:
         return value
     if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else str(value)
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Decimal):

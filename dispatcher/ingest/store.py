@@ -97,63 +97,36 @@ async def persist_batch(
 ) -> BatchResult:
     """Write one batch; the caller owns the transaction (commit, then ack)."""
     result = BatchResult()
-    accepted: dict[UUID, tuple[Incoming, Accepted]] = {}
-    repeats: list[tuple[Incoming, Accepted]] = []
-    rejected: list[tuple[Incoming, Rejection]] = []
-    for item in batch:
-        outcome = item.outcome
-        if isinstance(outcome, Rejection):
-            rejected.append((item, outcome))
-        elif outcome.parsed.event.event_id in accepted:
-            repeats.append((item, outcome))  # the same id twice in one batch
-        else:
-            accepted[outcome.parsed.event.event_id] = (item, outcome)
-
+    accepted, repeats, rejected = _split(batch)
     inserted: set[UUID] = set()
     if accepted:
         rows = await conn.execute(_INSERT_EVENTS, _event_params(accepted.values()))
         inserted = {row[0] for row in rows}
     audit = _AuditRows()
     deliveries = _DeliveryRows()
-    digests = {
-        eid: acc.parsed.digest for eid, (_, acc) in accepted.items() if eid in inserted
-    }
     for event_id in inserted:
-        item_, acc = accepted[event_id]
-        deliveries.add(acc, item_)
-        received: dict[str, Any] = {"deliveries": len(acc.routes)}
-        if item_.source is not Source.INGEST:
-            received["source"] = item_.source.value
-        if acc.routes:
-            audit.add(AuditKind.EVENT_RECEIVED, event_id, received)
-        else:
-            audit.add(AuditKind.EVENT_UNROUTED, event_id, received)
-            result.unrouted.append(event_id)
+        item, acc = accepted[event_id]
+        deliveries.add(acc, item)
+        _audit_received(audit, result, item, acc)
     repeats.extend(pair for eid, pair in accepted.items() if eid not in inserted)
     if repeats:
+        known = {
+            eid: acc.parsed.digest
+            for eid, (_, acc) in accepted.items()
+            if eid in inserted
+        }
         missing = [
-            acc.parsed.event.event_id
-            for _, acc in repeats
-            if acc.parsed.event.event_id not in digests
+            a.parsed.event.event_id
+            for _, a in repeats
+            if a.parsed.event.event_id not in known
         ]
         if missing:
             rows = await conn.execute(_EXISTING_DIGESTS, {"ids": missing})
-            digests.update({row[0]: row[1] for row in rows})
+            known.update({row[0]: row[1] for row in rows})
         for item, acc in repeats:
-            event_id = acc.parsed.event.event_id
-            same = digests.get(event_id) == acc.parsed.digest
-            kind = AuditKind.EVENT_DUPLICATE if same else AuditKind.EVENT_CONFLICT
-            detail: dict[str, Any] = {
-                "message_id": item.message_id,
-                "source": item.source.value,
-            }
-            if not same:
-                detail["digest"] = acc.parsed.digest.hex()
-                result.conflicts += 1
-            else:
-                result.duplicates += 1
-            audit.add(kind, event_id, detail)
-
+            _audit_repeat(
+                audit, result, item, acc, known.get(acc.parsed.event.event_id)
+            )
     rejects = _RejectedRows(max_body_bytes)
     for item, rejection in rejected:
         rejects.add(item, rejection)
@@ -169,6 +142,62 @@ async def persist_batch(
     result.rejected = len(rejected)
     result.deliveries = len(deliveries.ids)
     return result
+
+
+_Pair = tuple[Incoming, Accepted]
+
+
+def _split(
+    batch: Sequence[Incoming],
+) -> tuple[dict[UUID, _Pair], list[_Pair], list[tuple[Incoming, Rejection]]]:
+    """Accepted (first of each event_id), repeats within the batch, and rejections."""
+    accepted: dict[UUID, _Pair] = {}
+    repeats: list[_Pair] = []
+    rejected: list[tuple[Incoming, Rejection]] = []
+    for item in batch:
+        outcome = item.outcome
+        if isinstance(outcome, Rejection):
+            rejected.append((item, outcome))
+        elif outcome.parsed.event.event_id in accepted:
+            repeats.append((item, outcome))
+        else:
+            accepted[outcome.parsed.event.event_id] = (item, outcome)
+    return accepted, repeats, rejected
+
+
+def _audit_received(
+    audit: "_AuditRows", result: BatchResult, item: Incoming, acc: Accepted
+) -> None:
+    event_id = acc.parsed.event.event_id
+    detail: dict[str, Any] = {"deliveries": len(acc.routes)}
+    if item.source is not Source.INGEST:
+        detail["source"] = item.source.value
+    if acc.routes:
+        audit.add(AuditKind.EVENT_RECEIVED, event_id, detail)
+    else:
+        audit.add(AuditKind.EVENT_UNROUTED, event_id, detail)
+        result.unrouted.append(event_id)
+
+
+def _audit_repeat(
+    audit: "_AuditRows",
+    result: BatchResult,
+    item: Incoming,
+    acc: Accepted,
+    stored_digest: bytes | None,
+) -> None:
+    """Same id again: a duplicate when the content matches, else a conflict (original kept)."""
+    detail: dict[str, Any] = {
+        "message_id": item.message_id,
+        "source": item.source.value,
+    }
+    if stored_digest == acc.parsed.digest:
+        result.duplicates += 1
+        audit.add(AuditKind.EVENT_DUPLICATE, acc.parsed.event.event_id, detail)
+    else:
+        result.conflicts += 1
+        detail["digest"] = acc.parsed.digest.hex()
+        audit.add(AuditKind.EVENT_CONFLICT, acc.parsed.event.event_id, detail)
 
 
 def _event_params(pairs: Any) -> dict[str, list[Any]]:

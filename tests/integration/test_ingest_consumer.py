@@ -35,7 +35,7 @@ async def wait_for(engine, sql: str, expected: int, timeout: float = 30.0) -> in
     value = -1
     while time.monotonic() < deadline:
         async with engine.connect() as conn:
-            value = (await conn.execute(text(sql))).scalar_one()
+            value = int((await conn.execute(text(sql))).scalar_one())
         if value >= expected:
             return value
         await asyncio.sleep(0.05)
@@ -46,7 +46,7 @@ async def queue_depth(amqp, name: str) -> int:
     channel = await amqp.channel()
     try:
         queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count
+        return int(queue.declaration_result.message_count or 0)
     finally:
         await channel.close()
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.events.parse import ParsedEvent, parse_event
-from dispatcher.events.rejection import RejectReason
+from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.events.routing import Route
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming
@@ -23,17 +23,19 @@ def incoming(
     body: bytes, routes: list[Route] | None = None, message_id: str | None = None
 ) -> Incoming:
     parsed = parse_event(body, max_bytes=LIMIT, endpoints={"safety-monitor"})
+    outcome: Accepted | Rejection
     if isinstance(parsed, ParsedEvent):
         default = [Route(r.channel, r.to, None) for r in parsed.event.recipients]
-        outcome: object = Accepted(parsed, default if routes is None else routes)
+        outcome = Accepted(parsed, default if routes is None else routes)
     else:
         outcome = parsed
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
     return Incoming(
         body=body,
         outcome=outcome,
         message_id=message_id,
-        headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
-    )  # type: ignore[arg-type]
+        headers={"traceparent": traceparent},
+    )
 
 
 async def store(engine, items: list[Incoming]) -> list[str]:

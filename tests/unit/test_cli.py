@@ -102,13 +102,10 @@ def test_publish_non_json_requires_routing_key() -> None:
 
 def test_describe_joins_the_cause_chain() -> None:
     """describe() renders an exception and its causes on one line, without repeats."""
-    try:
-        try:
-            raise ConnectionRefusedError("connection refused")
-        except OSError as inner:
-            raise RuntimeError("cannot reach the broker") from inner
-    except RuntimeError as exc:
-        assert describe(exc) == "cannot reach the broker: connection refused"
+    inner = ConnectionRefusedError("connection refused")
+    outer = RuntimeError("cannot reach the broker")
+    outer.__cause__ = inner
+    assert describe(outer) == "cannot reach the broker: connection refused"
 
 
 def test_committed_json_schema_matches_the_model() -> None:

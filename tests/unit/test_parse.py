@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.events.parse import MAX_DEPTH, ParsedEvent, parse_event
-from dispatcher.events.rejection import RejectReason, Rejection
+from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.testing import event_bytes, make_event
 
 LIMIT = 262_144
