@@ -1,7 +1,5 @@
 """Readiness of the dependencies, for ``dispatcher check`` and container health checks."""
 
-import asyncio
-
 import aio_pika
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
@@ -40,6 +38,6 @@ async def check_dependencies(settings: Settings) -> list[str]:
             settings.amqp_url.get_secret_value(), timeout=5
         )
         await connection.close()
-    except (aio_pika.exceptions.AMQPError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aio_pika.exceptions.AMQPError, OSError) as exc:
         problems.append(f"RabbitMQ is unavailable ({type(exc).__name__})")
     return problems

@@ -14,6 +14,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aio_pika.exceptions import (
     AMQPError,
     DeliveryError,
+)
+from aio_pika.exceptions import (
     PublishError as PikaPublishError,
 )
 from pamqp.commands import Basic
@@ -56,7 +58,7 @@ class Publisher:
                 self._exchange = await self._channel.get_exchange(
                     self._exchange_name, ensure=False
                 )
-        except (AMQPError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, AMQPError, OSError) as exc:
             await self.aclose()
             raise PublishError(
                 f"cannot connect to RabbitMQ: {type(exc).__name__}"
@@ -109,7 +111,7 @@ class Publisher:
                 raise PublishError(
                     f"unroutable: no queue is bound for routing key {routing_key!r}"
                 ) from exc
-            except (DeliveryError, AMQPError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, DeliveryError, AMQPError, OSError) as exc:
                 last = exc
             else:
                 if isinstance(confirm, Basic.Ack):
