@@ -100,3 +100,10 @@ def test_unparsable_yaml_is_a_config_error(tmp_path: Path) -> None:
     config.write_text("routing: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_settings(config)
+
+
+def test_deploy_example_config_is_valid() -> None:
+    """The example configuration shipped in deploy/ validates."""
+    example = Path(__file__).parents[2] / "deploy" / "config.example.yaml"
+    settings = load_settings(example)
+    assert settings.routing[0].name == "crisis-critical"
