@@ -58,6 +58,7 @@ class IngestService:
             logger=None,  # FastStream logs every message at INFO; we log ids ourselves
             graceful_timeout=30.0,
             app_id="dispatcher",
+            apply_types=False,  # handlers take the raw message: no per-message injection
         )
         declare_ingest(self.broker, settings, self.router)
 

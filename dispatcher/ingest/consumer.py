@@ -16,7 +16,6 @@ from faststream.rabbit import (
     QueueType,
     RabbitBroker,
     RabbitExchange,
-    RabbitMessage,
     RabbitQueue,
 )
 
@@ -72,21 +71,21 @@ class IngestRouter:
             headers=message.headers or {},
         )
 
-    async def on_ingest(self, msg: RabbitMessage) -> None:
-        raw: IncomingMessage = msg.raw_message
+    async def on_ingest(self, raw: IncomingMessage) -> None:
         await self._batcher.submit(self.incoming(raw, Source.INGEST), raw)
 
-    async def on_dead_letter(self, msg: RabbitMessage) -> None:
+    async def on_dead_letter(self, raw: IncomingMessage) -> None:
         # A valid event the broker gave up on (delivery limit) is still an alert: store it
         # as an event; anything else becomes a rejected message. Nothing is dropped.
-        raw: IncomingMessage = msg.raw_message
         await self._batcher.submit(self.incoming(raw, Source.INGEST_DLQ), raw)
 
 
-async def _raw_body(msg: StreamMessage[IncomingMessage]) -> bytes:
-    """Skip FastStream's decoding: it would json-parse ``application/json`` bodies and raise
-    before our handler on malformed ones, leaving them unacked. Parsing is ours alone."""
-    return msg.body
+async def _raw_message(msg: StreamMessage[IncomingMessage]) -> IncomingMessage:
+    """Hand the handler the aio-pika message itself. FastStream's decoder would json-parse an
+    ``application/json`` body and raise before our handler on a malformed one, leaving it
+    unacked; parsing is ours alone. With ``apply_types=False`` on the broker (no dependency
+    injection per message) the handler is called with exactly what this returns."""
+    return msg.raw_message
 
 
 def declare_ingest(
@@ -116,7 +115,7 @@ def declare_ingest(
         exchange,
         channel=Channel(prefetch_count=settings.ingest.prefetch),
         ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_body,
+        decoder=_raw_message,
         no_reply=True,
     )(router.on_ingest)
     broker.subscriber(
@@ -124,7 +123,7 @@ def declare_ingest(
         dlx,
         channel=Channel(prefetch_count=100),
         ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_body,
+        decoder=_raw_message,
         no_reply=True,
     )(router.on_dead_letter)
 
