@@ -4,7 +4,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,9 +83,17 @@ async def private_engine(private_pg: PrivatePostgres) -> AsyncIterator[object]:
 
 
 @pytest.fixture
-def dispatchers(tmp_path: Path) -> Iterator[list[Dispatcher]]:
+def start() -> Iterator[Callable[[dict[str, str], Path], Dispatcher]]:
+    """Start `dispatcher serve`, wait until it serves; every one is killed at teardown."""
     started: list[Dispatcher] = []
-    yield started
+
+    def run(env: dict[str, str], log: Path) -> Dispatcher:
+        dispatcher = Dispatcher(env, log)
+        started.append(dispatcher)
+        dispatcher.wait_ready()
+        return dispatcher
+
+    yield run
     for d in started:
         d.close()
 
@@ -102,12 +110,10 @@ async def count(engine, sql: str) -> int:
 
 @pytest.mark.timeout(240)
 async def test_postgres_outage_mid_stream_loses_nothing(
-    names, private_pg, private_engine, dispatchers, tmp_path, amqp
+    names, private_pg, private_engine, start, tmp_path, amqp
 ) -> None:
     """PostgreSQL stopped for 12 s in a 2,000-event stream: all stored once, DLQ empty."""
-    d = Dispatcher(env_for(names, private_pg.url), tmp_path / "serve.log")
-    dispatchers.append(d)
-    d.wait_ready()
+    d = start(env_for(names, private_pg.url), tmp_path / "serve.log")
     marks = {500: asyncio.Event()}
     publisher = asyncio.create_task(
         publish_paced(names["exchange"], events(2000), rate=200, on_count=marks)
@@ -143,13 +149,11 @@ async def test_postgres_outage_mid_stream_loses_nothing(
 
 @pytest.mark.timeout(240)
 async def test_sigkill_mid_stream_then_restart_stores_every_event_once(
-    names, fresh_db, engine, dispatchers, tmp_path, amqp
+    names, fresh_db, engine, start, tmp_path, amqp
 ) -> None:
     """A dispatcher killed with SIGKILL mid-stream and restarted stores every event exactly once."""
     env = env_for(names, fresh_db)
-    first = Dispatcher(env, tmp_path / "first.log")
-    dispatchers.append(first)
-    first.wait_ready()
+    first = start(env, tmp_path / "first.log")
     publisher = asyncio.create_task(
         publish_paced(names["exchange"], events(2000), rate=400)
     )
@@ -158,9 +162,7 @@ async def test_sigkill_mid_stream_then_restart_stores_every_event_once(
     first.wait(10)
     stored_at_kill = await count(engine, "SELECT count(*) FROM events")
     assert stored_at_kill < 2000, "the kill must land mid-stream"
-    second = Dispatcher(env, tmp_path / "second.log")
-    dispatchers.append(second)
-    second.wait_ready()
+    start(env, tmp_path / "second.log")
     await publisher
     assert (
         await wait_for(engine, "SELECT count(*) FROM events", 2000, timeout=90) == 2000
@@ -178,13 +180,11 @@ async def test_sigkill_mid_stream_then_restart_stores_every_event_once(
 
 @pytest.mark.timeout(240)
 async def test_sigterm_acks_what_was_committed_and_exits_zero(
-    names, fresh_db, engine, dispatchers, tmp_path, amqp
+    names, fresh_db, engine, start, tmp_path, amqp
 ) -> None:
     """SIGTERM: stop consuming, commit and ack in-flight work, exit 0; nothing acked unstored."""
     env = env_for(names, fresh_db)
-    first = Dispatcher(env, tmp_path / "first.log")
-    dispatchers.append(first)
-    first.wait_ready()
+    first = start(env, tmp_path / "first.log")
     bodies = events(1500)
     publisher = asyncio.create_task(publish_paced(names["exchange"], bodies, rate=500))
     assert await wait_for(engine, "SELECT count(*) FROM events", 200, timeout=60) >= 200
@@ -205,9 +205,7 @@ async def test_sigterm_acks_what_was_committed_and_exits_zero(
         await asyncio.sleep(0.2)
     assert total == len(bodies)
     assert "dispatcher.ingest.stopped" in first.log_path.read_text()
-    second = Dispatcher(env, tmp_path / "second.log")
-    dispatchers.append(second)
-    second.wait_ready()
+    start(env, tmp_path / "second.log")
     assert await wait_for(
         engine, "SELECT count(*) FROM events", len(bodies), timeout=60
     ) == len(bodies)
