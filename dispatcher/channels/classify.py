@@ -1,0 +1,212 @@
+"""Error classification, in one place: transient or permanent, and why.
+
+Every channel adapter turns what went wrong into a ``TransientDeliveryError`` or a
+``PermanentDeliveryError`` through these functions, so the retry decision never depends on
+which adapter failed. The messages carry codes and exception type names only: provider
+answers can echo recipient addresses, so their text is never copied.
+"""
+
+import asyncio
+import socket
+import ssl
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Final
+
+import aiohttp
+import aiosmtplib
+
+from dispatcher.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from dispatcher.resilience.retry import parse_retry_after
+
+#: HTTP statuses that a later attempt may not get (RFC 9110 semantics plus common practice).
+TRANSIENT_HTTP: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+#: Twilio error codes that will not change on retry (https://www.twilio.com/docs/api/errors).
+PERMANENT_TWILIO: Final = frozenset(
+    {
+        21211,  # invalid 'To' phone number
+        21214,  # 'To' number cannot be reached
+        21408,  # permission to send to this region not enabled
+        21610,  # recipient unsubscribed (STOP)
+        21612,  # 'To' number not reachable via this route
+        21614,  # 'To' number is not a mobile number
+        21606,  # 'From' number not SMS-capable
+        21659,  # 'From' number not a valid sender
+        30003,  # unreachable destination handset
+        30004,  # message blocked
+        30005,  # unknown destination handset
+        30006,  # landline or unreachable carrier
+        30007,  # filtered as spam by carrier
+    }
+)
+
+#: Twilio codes that mean "not now" although the HTTP status alone might say otherwise.
+TRANSIENT_TWILIO: Final = frozenset(
+    {
+        20429,  # too many requests
+        20500,  # internal server error
+        20503,  # service unavailable
+        30001,  # queue overflow
+        30008,  # unknown error (carrier)
+        30500,  # internal
+    }
+)
+
+
+def http_status(
+    status: int, *, retry_after: str | None = None, now: datetime | None = None
+) -> DeliveryError:
+    """Classify a non-2xx HTTP answer (webhooks, and Twilio when it has no error code).
+
+    3xx are failures because redirects are never followed (SSRF): permanent, since the
+    endpoint's configuration has to change. 410 Gone is permanent with its own class.
+    """
+    code = str(status)
+    if status in TRANSIENT_HTTP:
+        seconds = parse_retry_after(retry_after, now=now or datetime.now(UTC))
+        error_class = (
+            ErrorClass.RATE_LIMITED
+            if status == HTTPStatus.TOO_MANY_REQUESTS
+            else ErrorClass.PROVIDER_TRANSIENT
+        )
+        return TransientDeliveryError(
+            error_class,
+            f"HTTP {status}",
+            provider_code=code,
+            retry_after=seconds,
+        )
+    if 500 <= status < 600:  # noqa: PLR2004 - every other 5xx is the server's trouble too
+        return TransientDeliveryError(
+            ErrorClass.PROVIDER_TRANSIENT, f"HTTP {status}", provider_code=code
+        )
+    if 300 <= status < 400:  # noqa: PLR2004
+        return PermanentDeliveryError(
+            ErrorClass.REDIRECT,
+            f"HTTP {status}: redirects are not followed",
+            provider_code=code,
+        )
+    if status == HTTPStatus.GONE:
+        return PermanentDeliveryError(
+            ErrorClass.GONE, "HTTP 410 Gone", provider_code=code
+        )
+    return PermanentDeliveryError(
+        ErrorClass.PROVIDER_PERMANENT, f"HTTP {status}", provider_code=code
+    )
+
+
+def smtp_reply(code: int) -> DeliveryError:
+    """Classify an SMTP reply code: 4xx transient, 5xx permanent (RFC 5321 4.2.1)."""
+    if 400 <= code < 500:  # noqa: PLR2004
+        return TransientDeliveryError(
+            ErrorClass.PROVIDER_TRANSIENT, f"SMTP {code}", provider_code=str(code)
+        )
+    if 500 <= code < 600:  # noqa: PLR2004
+        return PermanentDeliveryError(
+            ErrorClass.PROVIDER_PERMANENT, f"SMTP {code}", provider_code=str(code)
+        )
+    # An out-of-protocol reply: the relay is confused, not the message.
+    return TransientDeliveryError(
+        ErrorClass.PROVIDER_TRANSIENT, f"SMTP {code}", provider_code=str(code)
+    )
+
+
+def twilio_error(
+    status: int, code: int | None, *, retry_after: str | None = None
+) -> DeliveryError:
+    """Classify a Twilio REST error from its HTTP status and Twilio error code."""
+    if code is not None:
+        if code in PERMANENT_TWILIO:
+            return PermanentDeliveryError(
+                ErrorClass.PROVIDER_PERMANENT,
+                f"Twilio {code} (HTTP {status})",
+                provider_code=str(code),
+            )
+        if code in TRANSIENT_TWILIO:
+            error_class = (
+                ErrorClass.RATE_LIMITED
+                if code == 20429  # noqa: PLR2004
+                else ErrorClass.PROVIDER_TRANSIENT
+            )
+            seconds = parse_retry_after(retry_after, now=datetime.now(UTC))
+            return TransientDeliveryError(
+                error_class,
+                f"Twilio {code} (HTTP {status})",
+                provider_code=str(code),
+                retry_after=seconds,
+            )
+    error = http_status(status, retry_after=retry_after)
+    if code is not None:
+        error.provider_code = str(code)
+    return error
+
+
+def exception(exc: BaseException) -> DeliveryError:
+    """Classify an exception raised while talking to a provider.
+
+    Anything not recognised is transient with class ``unknown``: an adapter bug or an
+    unforeseen library error must cost a retry, never the delivery.
+    """
+    if isinstance(exc, DeliveryError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # Wrong credentials are the relay's configuration, not the message's fault: keep
+        # the delivery, let the breaker open and fail over to the next relay.
+        return TransientDeliveryError(
+            ErrorClass.NOT_CONFIGURED,
+            f"SMTP {exc.code}: authentication failed",
+            provider_code=str(exc.code),
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return smtp_reply(exc.code)
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        return smtp_reply(exc.recipients[0].code)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return TransientDeliveryError(ErrorClass.NOT_CONFIGURED, name)
+    return TransientDeliveryError(_exception_class(exc) or ErrorClass.UNKNOWN, name)
+
+
+def _exception_class(exc: BaseException) -> ErrorClass | None:
+    # Order matters: the more specific library classes subclass the generic ones.
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return ErrorClass.DNS
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorCertificateError
+        | aiohttp.ClientSSLError
+        | ssl.SSLError
+        | ssl.CertificateError,
+    ):
+        return ErrorClass.TLS
+    if isinstance(
+        exc,
+        aiosmtplib.SMTPConnectTimeoutError
+        | aiosmtplib.SMTPReadTimeoutError
+        | aiosmtplib.SMTPTimeoutError
+        | aiohttp.ServerTimeoutError
+        | asyncio.TimeoutError
+        | TimeoutError,
+    ):
+        return ErrorClass.TIMEOUT
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and cause is not exc:
+            inner = _exception_class(cause)
+            if inner is not None:
+                return inner
+        return ErrorClass.CONNECTION
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError
+        | ConnectionError
+        | OSError,
+    ):
+        return ErrorClass.CONNECTION
+    return None
