@@ -1,6 +1,8 @@
 """Resilience settings per channel: retry policy (per severity), breaker, lease, polling."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dispatcher.events.kinds import Severity
 from dispatcher.resilience.breaker import BreakerSettings
@@ -25,20 +27,24 @@ class ChannelDelivery(BaseModel):
         default_factory=lambda: {Severity.CRITICAL: CRITICAL_RETRY}
     )
     breaker: BreakerSettings = BreakerSettings()
+    #: Attempts in flight at once on this channel (per replica).
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    #: Slots of ``concurrency`` that only critical deliveries may take.
+    critical_reserve: int = Field(default=2, ge=0)
+    #: One overall deadline per provider try, whatever the protocol's per-phase timeouts.
+    deadline_seconds: float = Field(default=30.0, gt=0, le=600)
     #: How long a claim holds a delivery; longer than the attempt deadline.
     lease_seconds: float = Field(default=120.0, gt=0, le=3600)
     #: Sweep interval: retries come due and lost notifications are caught up within it.
     poll_interval: float = Field(default=1.0, gt=0, le=60)
 
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> Self:
+        if self.lease_seconds <= self.deadline_seconds:
+            msg = "lease_seconds must be longer than deadline_seconds"
+            raise ValueError(msg)
+        return self
+
     def policy_for(self, severity: Severity) -> RetryPolicy:
+        """The retry policy for deliveries of events of this severity."""
         return self.retry_by_severity.get(severity, self.retry)
-
-
-class DeliverySettings(BaseModel):
-    """Per-channel delivery settings (``DISPATCHER_DELIVERY__EMAIL__RETRY__MAX_ATTEMPTS`` ...)."""
-
-    model_config = _FROZEN
-
-    email: ChannelDelivery = ChannelDelivery()
-    sms: ChannelDelivery = ChannelDelivery()
-    webhook: ChannelDelivery = ChannelDelivery()

@@ -1,0 +1,181 @@
+"""One attempt at one delivery: try the providers in order, then decide what happens next.
+
+The attempt sends and classifies; it does not touch the database. Its ``Outcome`` (the new
+status, the next attempt time, and one record per provider tried) is written by the
+recorder in a batched transaction.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dispatcher.channels import classify
+from dispatcher.channels.base import OutboundMessage
+from dispatcher.db.models import DeliveryStatus
+from dispatcher.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from dispatcher.events.kinds import Severity
+from dispatcher.outbox.store import AttemptRecord, Claimed, Outcome
+from dispatcher.resilience.retry import DeadLetter, RetryPolicy, decide
+
+from .providers import Candidate
+
+#: How long a delivery waits when every breaker refused it and none said when to retry.
+DEFER_SECONDS = 1.0
+_MESSAGE_CAP = 500
+
+
+async def attempt(
+    row: Claimed,
+    candidates: Sequence[Candidate],
+    *,
+    deadline: float,
+    policy_for: Callable[[Severity], RetryPolicy],
+    open_until: Callable[[], float | None],
+    rand: Callable[[], float],
+) -> Outcome:
+    """Send one claimed delivery through the first provider that takes it.
+
+    A transient failure or an open breaker moves on to the next provider within the same
+    attempt (failover); a permanent failure stops at once, since another provider would
+    refuse the same message. Each provider try has its own deadline, so a hanging primary
+    cannot use up the secondary's time.
+    """
+    message = outbound(row)
+    records: list[AttemptRecord] = []
+    last: DeliveryError | None = None
+    for candidate in candidates:
+        if not candidate.breaker.allow():
+            continue
+        started, t0 = datetime.now(UTC), time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline):
+                receipt = await candidate.channel.send(message)
+        except TimeoutError:
+            error: DeliveryError = TransientDeliveryError(
+                ErrorClass.TIMEOUT, f"no answer within the {deadline:g} s deadline"
+            )
+        except Exception as exc:  # noqa: BLE001 - an adapter bug must cost a retry, not the delivery
+            error = classify.exception(exc)
+        else:
+            candidate.breaker.record_success()
+            records.append(
+                _record(row, candidate.channel.name, started, t0, receipt.provider_code)
+            )
+            return Outcome(
+                row.id,
+                row.lease_token,
+                DeliveryStatus.DELIVERED,
+                provider=candidate.channel.name,
+                attempts=tuple(records),
+            )
+        records.append(
+            _record(
+                row, candidate.channel.name, started, t0, error.provider_code, error
+            )
+        )
+        last = error
+        if isinstance(error, PermanentDeliveryError):
+            # The provider answered; the message is at fault, not the provider.
+            candidate.breaker.record_success()
+            break
+        candidate.breaker.record_failure()
+    if last is None:
+        return _deferred(row, open_until())
+    decision = decide(
+        policy_for(_severity(row)),
+        attempts=row.attempts,
+        created_at=row.created_at,
+        now=datetime.now(UTC),
+        permanent=isinstance(last, PermanentDeliveryError),
+        retry_after=last.retry_after
+        if isinstance(last, TransientDeliveryError)
+        else None,
+        rand=rand,
+    )
+    common: dict[str, Any] = {
+        "error_class": last.error_class.value,
+        "error_message": str(last)[:_MESSAGE_CAP],
+        "provider": records[-1].provider,
+        "attempts": tuple(records),
+    }
+    if isinstance(decision, DeadLetter):
+        return Outcome(
+            row.id,
+            row.lease_token,
+            DeliveryStatus.DEAD,
+            dead_reason=decision.reason.value,
+            **common,
+        )
+    return Outcome(
+        row.id,
+        row.lease_token,
+        DeliveryStatus.PENDING,
+        next_attempt_at=decision.at,
+        **common,
+    )
+
+
+def _deferred(row: Claimed, wake: float | None) -> Outcome:
+    """No provider would take it (every breaker open): wait, and give the attempt back."""
+    delay = DEFER_SECONDS if wake is None else max(0.0, wake - time.monotonic())
+    return Outcome(
+        row.id,
+        row.lease_token,
+        DeliveryStatus.PENDING,
+        next_attempt_at=datetime.now(UTC) + timedelta(seconds=max(delay, 0.05)),
+        refund=1,
+    )
+
+
+def _severity(row: Claimed) -> Severity:
+    try:
+        return Severity(row.payload.get("severity", Severity.INFO))
+    except ValueError:
+        return Severity.INFO
+
+
+def _record(  # noqa: PLR0917 - a private constructor helper
+    row: Claimed,
+    provider: str,
+    started: datetime,
+    t0: float,
+    code: str | None,
+    error: DeliveryError | None = None,
+) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=row.attempts,
+        provider=provider,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        outcome="failed" if error else "delivered",
+        error_class=error.error_class.value if error else None,
+        error_message=str(error)[:_MESSAGE_CAP] if error else None,
+        provider_code=code,
+        latency_ms=(time.perf_counter() - t0) * 1000,
+    )
+
+
+def outbound(row: Claimed) -> OutboundMessage:
+    """The adapter-facing message for one claimed delivery, from the stored event."""
+    payload = row.payload
+    return OutboundMessage(
+        delivery_id=row.id,
+        event_id=row.event_id,
+        event_type=payload["type"],
+        severity=_severity(row),
+        occurred_at=payload["occurred_at"],
+        subject_id=str(payload["subject"]["id"]),
+        recipient=row.recipient,
+        data=payload.get("data") or {},
+        correlation_id=payload.get("correlation_id"),
+        attempt=row.attempts,
+        idempotency_key=str(row.id),
+        traceparent=row.traceparent,
+    )

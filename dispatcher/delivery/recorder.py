@@ -1,0 +1,107 @@
+"""Group commit of delivery outcomes: every attempt and state change, batched per transaction."""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.errors import StorageConflict, StorageUnavailable
+from dispatcher.outbox.store import AuditNote, DeadLettered, Outcome, complete
+
+log = structlog.get_logger("dispatcher.delivery")
+
+
+class Recorder:
+    """Collects outcomes from senders and writes whatever is waiting in one transaction."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_dead: Callable[[list[DeadLettered]], Awaitable[None]] | None = None,
+        *,
+        batch_max: int = 500,
+    ) -> None:
+        self._engine = engine
+        self._on_dead = on_dead
+        self._batch_max = batch_max
+        self._outcomes: list[Outcome] = []
+        self._notes: list[AuditNote] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def add(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def note(self, kind: str, **detail: object) -> None:
+        """Queue an audit entry (ids and codes only) for the next transaction."""
+        self._notes.append(AuditNote(kind, json.dumps(detail, default=str)))
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="delivery-recorder")
+
+    async def flush(self) -> None:
+        """Wait until everything added so far is written."""
+        await self._idle.wait()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, grace)
+            except TimeoutError:
+                log.warning(
+                    "dispatcher.delivery.stop_abandoned", unrecorded=len(self._outcomes)
+                )
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            if not self._outcomes and not self._notes:
+                self._idle.set()
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            outcomes, self._outcomes = (
+                self._outcomes[: self._batch_max],
+                self._outcomes[self._batch_max :],
+            )
+            notes, self._notes = self._notes, []
+            try:
+                with wrap_db_errors():
+                    async with self._engine.begin() as conn:
+                        dead = await complete(conn, outcomes, notes)
+            except StorageUnavailable as exc:
+                # Keep them: the leases still protect the rows, and expire if we never get back.
+                log.warning(
+                    "dispatcher.delivery.record_failed",
+                    error=str(exc),
+                    waiting=len(outcomes),
+                )
+                self._outcomes[:0] = outcomes
+                self._notes[:0] = notes
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except StorageConflict as exc:
+                log.error(
+                    "dispatcher.delivery.record_refused",
+                    error=str(exc),
+                    dropped=len(outcomes),
+                )
+                continue
+            delay = 0.1
+            if dead and self._on_dead is not None:
+                await self._on_dead(dead)

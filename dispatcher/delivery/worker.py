@@ -1,0 +1,184 @@
+"""One worker pool per channel: claim due deliveries, attempt them, hand outcomes on.
+
+Bulkheads: each channel has its own pool, concurrency limit, providers, breakers and
+retry policy, so a sick channel only ever holds its own slots. A few slots are kept for
+critical deliveries, so a backlog of slow low-severity sends never makes a crisis alert
+wait for a free slot.
+"""
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.models import DeliveryStatus
+from dispatcher.delivery.attempt import attempt
+from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.delivery.providers import Providers
+from dispatcher.delivery.recorder import Recorder
+from dispatcher.errors import DispatcherError
+from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.outbox.store import Claimed, claim
+
+log = structlog.get_logger("dispatcher.delivery")
+
+_CRITICAL = Severity.CRITICAL.priority
+
+
+class ChannelWorker:
+    """Claims and sends one channel's deliveries with bounded concurrency."""
+
+    def __init__(
+        self,
+        kind: ChannelKind,
+        engine: AsyncEngine,
+        providers: Providers,
+        recorder: Recorder,
+        settings: ChannelDelivery,
+        *,
+        wakeup: asyncio.Event,
+        owner: str,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.kind = kind
+        self._engine = engine
+        self._providers = providers
+        self._recorder = recorder
+        self._settings = settings
+        self._concurrency = settings.concurrency
+        self._reserve = min(settings.critical_reserve, settings.concurrency - 1)
+        self._wakeup = wakeup
+        self._owner = owner
+        self._rand = rand
+        self._inflight: dict[asyncio.Task[None], int] = {}
+        self._slot_freed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"worker-{self.kind}")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop claiming; let in-flight attempts finish so their outcomes are recorded."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()  # their leases expire and the rows are claimed again
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                log.warning(
+                    "dispatcher.delivery.stop_abandoned",
+                    channel=self.kind.value,
+                    in_flight=len(pending),
+                )
+
+    async def _run(self) -> None:
+        delay = self._settings.poll_interval
+        while not self._stopping:
+            try:
+                claimed, full = await self._fill()
+            except DispatcherError as exc:
+                log.warning(
+                    "dispatcher.delivery.claim_failed",
+                    channel=self.kind.value,
+                    error_type=type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = self._settings.poll_interval
+            if claimed and full:
+                continue  # a full batch: there may be more due right now
+            await self._wait()
+
+    async def _wait(self) -> None:
+        waiters = [asyncio.ensure_future(self._wakeup.wait())]
+        if len(self._inflight) >= self._concurrency:
+            waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
+        _done, pending = await asyncio.wait(
+            waiters,
+            timeout=self._settings.poll_interval,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for waiter in pending:
+            waiter.cancel()
+        self._wakeup.clear()
+        self._slot_freed.clear()
+
+    async def _fill(self) -> tuple[int, bool]:
+        """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
+        free = self._concurrency - len(self._inflight)
+        if free <= 0 or self._providers.all_open_until() is not None:
+            return 0, False
+        general = self._concurrency - self._reserve - self._general_inflight()
+        # Reserved slots only ever take critical deliveries.
+        limit, max_priority = (
+            (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
+        )
+        with wrap_db_errors():
+            async with self._engine.begin() as conn:
+                rows = await claim(
+                    conn,
+                    self.kind.value,
+                    limit=limit,
+                    lease_seconds=self._settings.lease_seconds,
+                    owner=self._owner,
+                    blocked=self._providers.blocked_recipients(),
+                    max_priority=max_priority,
+                )
+        for row in rows:
+            task = asyncio.create_task(self._attempt(row))
+            self._inflight[task] = row.priority
+            task.add_done_callback(self._finished)
+        return len(rows), len(rows) == limit
+
+    def _general_inflight(self) -> int:
+        return sum(1 for p in self._inflight.values() if p > _CRITICAL)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "dispatcher.delivery.worker_bug",
+                channel=self.kind.value,
+                error_type=type(task.exception()).__name__,
+            )
+
+    async def _attempt(self, row: Claimed) -> None:
+        message_log = log.bind(
+            delivery_id=str(row.id), event_id=str(row.event_id), channel=self.kind.value
+        )
+        outcome = await attempt(
+            row,
+            self._providers.candidates(row.recipient),
+            deadline=self._settings.deadline_seconds,
+            policy_for=self._settings.policy_for,
+            open_until=self._providers.all_open_until,
+            rand=self._rand,
+        )
+        if outcome.status is DeliveryStatus.DEAD:
+            message_log.warning(
+                "dispatcher.delivery.dead_lettered",
+                error_class=outcome.error_class,
+                reason=outcome.dead_reason,
+                attempts=row.attempts,
+            )
+        elif outcome.status is DeliveryStatus.PENDING and not outcome.refund:
+            message_log.info(
+                "dispatcher.delivery.retry_scheduled",
+                error_class=outcome.error_class,
+                attempts=row.attempts,
+            )
+        self._recorder.add(outcome)
