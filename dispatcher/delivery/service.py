@@ -1,0 +1,119 @@
+"""The delivery side of a replica: one worker per channel, one recorder, one waker.
+
+Started and stopped together, like ``IngestService``. Each channel's providers are built by
+the composition root (``app.py``) from configuration and handed in, so this module knows
+nothing about SMTP, Twilio or HTTP.
+"""
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.db.models import AuditKind
+from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.delivery.providers import Providers
+from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.worker import ChannelWorker
+from dispatcher.events.kinds import ChannelKind
+from dispatcher.outbox.waker import Waker
+from dispatcher.resilience.breaker import BreakerState
+
+log = structlog.get_logger("dispatcher.delivery")
+
+
+def replica_id() -> str:
+    """Names this process in leases and breaker audit entries: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class BreakerAudit:
+    """The transition hook of every breaker: one log line and one audit entry per change."""
+
+    def __init__(self, recorder: Recorder, owner: str, channel: ChannelKind) -> None:
+        self._recorder = recorder
+        self._owner = owner
+        self._channel = channel
+
+    def __call__(
+        self, name: str, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
+        log.warning(
+            "dispatcher.breaker.transition",
+            channel=self._channel.value,
+            provider=name,
+            old=old.value,
+            new=new.value,
+            reason=str(reason),
+        )
+        self._recorder.note(
+            AuditKind.BREAKER_TRANSITION,
+            owner=self._owner,
+            channel=self._channel.value,
+            provider=name,
+            old=old.value,
+            new=new.value,
+            reason=str(reason),
+        )
+
+
+class DeliveryService:
+    """Channel workers, their recorder, the LISTEN waker and the dead-letter mirror."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        database_url: str,
+        channels: Mapping[ChannelKind, tuple[Providers, ChannelDelivery]],
+        *,
+        recorder: Recorder,
+        owner: str,
+        mirror: DeadLetterMirror | None = None,
+    ) -> None:
+        self.owner = owner
+        self.recorder = recorder
+        self._mirror = mirror
+        self._providers = {kind: providers for kind, (providers, _) in channels.items()}
+        wakeups = {kind.value: asyncio.Event() for kind in channels}
+        self.waker = Waker(database_url, wakeups)
+        self.workers = {
+            kind: ChannelWorker(
+                kind,
+                engine,
+                providers,
+                recorder,
+                settings,
+                wakeup=wakeups[kind.value],
+                owner=owner,
+            )
+            for kind, (providers, settings) in channels.items()
+        }
+
+    async def start(self) -> None:
+        if self._mirror is not None:
+            await self._mirror.start()
+        await self.recorder.start()
+        await self.waker.start()
+        for worker in self.workers.values():
+            await worker.start()
+        log.info(
+            "dispatcher.delivery.started",
+            owner=self.owner,
+            channels=[k.value for k in self.workers],
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight attempts finish, write their outcomes, close."""
+        await asyncio.gather(*(w.stop() for w in self.workers.values()))
+        await self.waker.stop()
+        await self.recorder.stop()
+        for providers in self._providers.values():
+            await providers.aclose()
+        if self._mirror is not None:
+            await self._mirror.stop()
+        log.info("dispatcher.delivery.stopped", owner=self.owner)
