@@ -64,6 +64,37 @@ class Recorder:
                     "dispatcher.delivery.stop_abandoned", unrecorded=len(self._outcomes)
                 )
 
+    async def _write(
+        self, outcomes: list[Outcome], notes: list[AuditNote]
+    ) -> list[DeadLettered]:
+        """One transaction for the batch; if PostgreSQL refuses it, one per outcome.
+
+        A refused outcome is dropped and logged by id: its lease expires and the delivery is
+        attempted again, which is the safe direction.
+        """
+        try:
+            with wrap_db_errors():
+                async with self._engine.begin() as conn:
+                    return await complete(conn, outcomes, notes)
+        except StorageConflict:
+            if len(outcomes) + len(notes) <= 1:
+                raise
+        dead: list[DeadLettered] = []
+        for outcome in outcomes:
+            try:
+                dead += await self._write([outcome], [])
+            except StorageConflict:
+                log.error(
+                    "dispatcher.delivery.record_refused",
+                    delivery_id=str(outcome.delivery_id),
+                )
+        for note in notes:
+            try:
+                await self._write([], [note])
+            except StorageConflict:
+                log.error("dispatcher.delivery.note_refused", kind=note.kind)
+        return dead
+
     async def _run(self) -> None:
         delay = 0.1
         while True:
@@ -80,14 +111,12 @@ class Recorder:
             )
             notes, self._notes = self._notes, []
             try:
-                with wrap_db_errors():
-                    async with self._engine.begin() as conn:
-                        dead = await complete(conn, outcomes, notes)
+                dead = await self._write(outcomes, notes)
             except StorageUnavailable as exc:
                 # Keep them: the leases still protect the rows, and expire if we never get back.
                 log.warning(
                     "dispatcher.delivery.record_failed",
-                    error=str(exc),
+                    error_type=type(exc.__cause__ or exc).__name__,
                     waiting=len(outcomes),
                 )
                 self._outcomes[:0] = outcomes
@@ -95,12 +124,8 @@ class Recorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except StorageConflict as exc:
-                log.error(
-                    "dispatcher.delivery.record_refused",
-                    error=str(exc),
-                    dropped=len(outcomes),
-                )
+            except StorageConflict:
+                log.error("dispatcher.delivery.record_refused", dropped=len(outcomes))
                 continue
             delay = 0.1
             if dead and self._on_dead is not None:
