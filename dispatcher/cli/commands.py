@@ -1,16 +1,18 @@
 """Subcommands. Every option can also come from an environment variable."""
 
-import asyncio
 import json
 import logging
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from dispatcher.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="dispatcher",
@@ -62,10 +64,10 @@ def settings() -> Settings:
     return load_settings(state.config)
 
 
-def _run(coro: "asyncio.Future[object] | object") -> object:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     import uvloop  # noqa: PLC0415 - only the commands that run a loop need it
 
-    return uvloop.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)
 
 
 @app.command()
@@ -197,7 +199,7 @@ def check() -> None:
     cfg = settings()
     problems = _run(check_dependencies(cfg))
     if problems:
-        for problem in problems:  # type: ignore[attr-defined]
+        for problem in problems:
             typer.echo(f"not ready: {problem}", err=True)
         raise typer.Exit(1)
     typer.echo("ok")
@@ -230,3 +232,47 @@ def demo(
     from dispatcher.demo import run_demo  # noqa: PLC0415
 
     _run(run_demo(settings(), events=events))
+
+
+@app.command()
+def status() -> None:
+    """Show deliveries per channel and status, and the latest state of every breaker."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from dispatcher.app import build_engine  # noqa: PLC0415
+    from dispatcher.db.engine import wrap_db_errors  # noqa: PLC0415
+    from dispatcher.outbox.store import (  # noqa: PLC0415
+        BreakerStatus,
+        QueueCount,
+        breaker_status,
+        queue_status,
+    )
+
+    cfg = settings()
+
+    async def go() -> tuple[list[QueueCount], list[BreakerStatus]]:
+        engine = build_engine(cfg, "dispatcher-status")
+        try:
+            with wrap_db_errors():
+                async with engine.connect() as conn:
+                    return await queue_status(conn), await breaker_status(conn)
+        finally:
+            await engine.dispose()
+
+    counts, breakers = _run(go())
+    console = Console()
+    queue = Table(title="deliveries")
+    for column in ("channel", "status", "count", "next due"):
+        queue.add_column(column)
+    for c in counts:
+        queue.add_row(c.channel, c.status, str(c.count), str(c.next_due or ""))
+    console.print(queue)
+    table = Table(
+        title="circuit breakers (latest transition per replica; none = closed)"
+    )
+    for column in ("replica", "channel", "provider", "state", "reason", "since"):
+        table.add_column(column)
+    for b in breakers:
+        table.add_row(b.owner, b.channel, b.provider, b.state, b.reason, str(b.at))
+    console.print(table)
