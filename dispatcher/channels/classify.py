@@ -100,6 +100,21 @@ def http_status(
     )
 
 
+def forbidden_destination(reason: str) -> PermanentDeliveryError:
+    """A destination the SSRF guard refuses: the endpoint's configuration must change.
+
+    ``reason`` must not contain the URL or the address (``channels/ssrf.py`` keeps it so).
+    """
+    return PermanentDeliveryError(ErrorClass.FORBIDDEN_DESTINATION, reason)
+
+
+def unknown_recipient(kind: str) -> PermanentDeliveryError:
+    """A recipient this channel has no configuration for (e.g. an unknown endpoint name)."""
+    return PermanentDeliveryError(
+        ErrorClass.INVALID_RECIPIENT, f"{kind} recipient is not configured"
+    )
+
+
 def smtp_reply(code: int) -> DeliveryError:
     """Classify an SMTP reply code: 4xx transient, 5xx permanent (RFC 5321 4.2.1)."""
     if 400 <= code < 500:  # noqa: PLR2004
