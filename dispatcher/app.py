@@ -2,14 +2,23 @@
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import structlog
 from aio_pika import IncomingMessage
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.channels.config import WebhookChannelConfig
+from dispatcher.channels.webhook import WebhookChannel
 from dispatcher.db.engine import create_engine
+from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.delivery.providers import EndpointProviders, Providers
+from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.service import BreakerAudit, DeliveryService, replica_id
+from dispatcher.errors import ConfigError
+from dispatcher.events.kinds import ChannelKind
 from dispatcher.ingest.acker import Acker
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import (
@@ -17,6 +26,7 @@ from dispatcher.ingest.consumer import (
     bind_extra_routing_keys,
     declare_ingest,
 )
+from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.settings import Settings
 
 log = structlog.get_logger("dispatcher")
@@ -79,8 +89,70 @@ class IngestService:
         )
 
 
+def build_delivery(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    only: Collection[ChannelKind] | None = None,
+    owner: str | None = None,
+    mirror: bool = True,
+) -> DeliveryService:
+    """The channel workers of this replica, for every enabled channel (or ``only`` these)."""
+    owner = owner or replica_id()
+    dead_letters = (
+        DeadLetterMirror(settings.amqp_url.get_secret_value(), settings.queue_prefix)
+        if mirror
+        else None
+    )
+    recorder = Recorder(
+        engine, on_dead=dead_letters.publish if dead_letters is not None else None
+    )
+    channels: dict[ChannelKind, tuple[Providers, ChannelDelivery]] = {}
+    for kind, config in channel_configs(settings).items():
+        if only is not None and kind not in only:
+            continue
+        hook = BreakerAudit(recorder, owner, kind)
+        channels[kind] = (build_providers(kind, config, hook), config)
+    if not channels:
+        raise ConfigError(
+            "no channel is enabled and configured: set channels.email.providers, "
+            "channels.sms.providers or channels.webhook.endpoints"
+        )
+    return DeliveryService(
+        engine,
+        settings.database_url.get_secret_value(),
+        channels,
+        recorder=recorder,
+        owner=owner,
+        mirror=dead_letters,
+    )
+
+
+def channel_configs(settings: Settings) -> dict[ChannelKind, ChannelDelivery]:
+    """The channels that are enabled and have somewhere to send."""
+    webhook = settings.channels.webhook
+    configs: dict[ChannelKind, ChannelDelivery] = {}
+    if webhook.enabled and webhook.endpoints:
+        configs[ChannelKind.WEBHOOK] = webhook
+    return configs
+
+
+def build_providers(
+    kind: ChannelKind, config: ChannelDelivery, hook: TransitionHook
+) -> Providers:
+    """One channel's adapters, each behind its own circuit breaker."""
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(name, config.breaker, on_transition=[hook])
+
+    if kind is ChannelKind.WEBHOOK:
+        assert isinstance(config, WebhookChannelConfig)  # noqa: S101 - channel_configs pairs them
+        return EndpointProviders(WebhookChannel(config), breaker)
+    raise ConfigError(f"channel {kind.value} has no adapter")
+
+
 async def run_until_signalled(
-    services: Sequence[IngestService], engine: AsyncEngine
+    services: Sequence[IngestService | DeliveryService], engine: AsyncEngine
 ) -> None:
     """Start the services, wait for SIGTERM or SIGINT, stop them gracefully."""
     stop = asyncio.Event()

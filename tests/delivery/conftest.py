@@ -1,0 +1,36 @@
+"""Fixtures for delivery scenarios: sinks that tests start, and a replica factory."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.settings import Settings
+from dispatcher.sinks.webhook import WebhookSink
+from tests.delivery.harness import Stack
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+async def webhook_sink() -> AsyncIterator[WebhookSink]:
+    async with WebhookSink(seed=1234) as sink:
+        yield sink
+
+
+@pytest.fixture
+def stack(
+    engine: AsyncEngine,
+    database: str,
+    make_settings: Callable[..., Settings],
+    cleanup_broker: None,
+) -> Callable[..., AbstractAsyncContextManager[Stack]]:
+    """``async with stack(channels={...}) as s``: ingest and delivery of one replica."""
+
+    def make(**overrides: Any) -> Stack:
+        settings = make_settings(database, **overrides)
+        return Stack(settings, engine)
+
+    return make

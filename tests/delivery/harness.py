@@ -1,0 +1,163 @@
+"""A whole replica in the test's event loop: real RabbitMQ, PostgreSQL and protocol sinks.
+
+Events go in through the broker (``Publisher``), are stored by the real ingest, and are
+delivered by the real channel workers to local servers that speak SMTP, the Twilio API and
+HTTP. Nothing of ours is replaced; only the far ends are local.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Self
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.app import IngestService, build_delivery
+from dispatcher.delivery.service import DeliveryService
+from dispatcher.events.kinds import ChannelKind
+from dispatcher.publisher import Publisher
+from dispatcher.settings import Settings
+from dispatcher.testing import make_event
+
+#: Whsec secret for every test endpoint (24 zero bytes, base64); not a real secret.
+SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+FINAL = ("delivered", "dead")
+
+#: Retries and breakers on a test's time scale.
+FAST: dict[str, Any] = {
+    "retry": {"max_attempts": 30, "base_delay": 0.05, "max_delay": 0.4, "max_age": 600},
+    "retry_by_severity": {},
+    "breaker": {
+        "failure_threshold": 5,
+        "failure_rate": 1.0,
+        "min_calls": 50,
+        "open_seconds": 1.0,
+    },
+    "poll_interval": 0.1,
+    "lease_seconds": 15.0,
+    "deadline_seconds": 2.0,
+}
+
+
+def webhook_channel(
+    url_for: Callable[[str], str], names: Iterable[str], **overrides: Any
+) -> dict[str, Any]:
+    return {
+        **FAST,
+        "endpoints": {
+            name: {"url": url_for(f"/{name}"), "secrets": [SECRET]} for name in names
+        },
+        "allow_http": True,
+        "allow_private_networks": ["127.0.0.0/8"],
+        **overrides,
+    }
+
+
+def event_to(*recipients: tuple[str, str], **overrides: Any) -> dict[str, Any]:
+    """An event addressed to ``(channel, to)`` pairs."""
+    return make_event(
+        recipients=[{"channel": c, "to": t} for c, t in recipients], **overrides
+    )
+
+
+class Stack:
+    """Ingest plus delivery of one replica, started and stopped with ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        *,
+        only: Iterable[ChannelKind] | None = None,
+        deliver: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.ingest = IngestService(settings, engine)
+        self.delivery: DeliveryService | None = (
+            build_delivery(settings, engine, only=None if only is None else set(only))
+            if deliver
+            else None
+        )
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        await self.ingest.start()
+        self._stack.push_async_callback(self.ingest.stop)
+        if self.delivery is not None:
+            await self.delivery.start()
+            self._stack.push_async_callback(self.delivery.stop)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def publish(self, *events: Mapping[str, Any]) -> list[uuid.UUID]:
+        import json
+
+        async with Publisher(
+            self.settings.amqp_url.get_secret_value(), self.settings.exchange
+        ) as publisher:
+            await publisher.publish_many(
+                (json.dumps(e).encode(), e["type"], e["event_id"]) for e in events
+            )
+        return [uuid.UUID(e["event_id"]) for e in events]
+
+    async def rows(self, sql: str, **params: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).all())
+
+    async def deliveries(
+        self, event_ids: Iterable[uuid.UUID] | None = None
+    ) -> list[Any]:
+        if event_ids is None:
+            return await self.rows("SELECT * FROM deliveries ORDER BY created_at, id")
+        return await self.rows(
+            "SELECT * FROM deliveries WHERE event_id = ANY(:ids) ORDER BY created_at, id",
+            ids=list(event_ids),
+        )
+
+    async def wait_for(
+        self,
+        predicate: Callable[[list[Any]], bool],
+        *,
+        event_ids: Iterable[uuid.UUID] | None = None,
+        timeout: float = 30.0,
+        what: str = "condition",
+    ) -> list[Any]:
+        """Poll the deliveries until ``predicate`` holds; fail with their states if not."""
+        ids = None if event_ids is None else list(event_ids)
+        deadline = time.monotonic() + timeout
+        rows: list[Any] = []
+        while time.monotonic() < deadline:
+            rows = await self.deliveries(ids)
+            if rows and predicate(rows):
+                return rows
+            await asyncio.sleep(0.05)
+        states = sorted((r.channel, r.recipient, r.status, r.attempts) for r in rows)
+        raise AssertionError(f"timed out waiting for {what}; deliveries: {states}")
+
+    async def wait_final(
+        self, event_ids: Iterable[uuid.UUID], *, count: int, timeout: float = 30.0
+    ) -> list[Any]:
+        """Wait until ``count`` deliveries of these events are delivered or dead."""
+        return await self.wait_for(
+            lambda rows: len(rows) == count and all(r.status in FINAL for r in rows),
+            event_ids=event_ids,
+            timeout=timeout,
+            what=f"{count} final deliveries",
+        )
+
+    async def attempts(self, delivery_id: uuid.UUID) -> list[Any]:
+        return await self.rows(
+            "SELECT * FROM delivery_attempts WHERE delivery_id = :id ORDER BY id",
+            id=delivery_id,
+        )
+
+    async def audit(self, kind: str) -> list[Any]:
+        return await self.rows(
+            "SELECT * FROM audit_log WHERE kind = :kind ORDER BY id", kind=kind
+        )
