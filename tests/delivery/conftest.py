@@ -1,7 +1,6 @@
 """Fixtures for delivery scenarios: sinks that tests start, and a replica factory."""
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -9,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.settings import Settings
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack
+from tests.delivery.harness import Stack, StackFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -26,7 +25,7 @@ def stack(
     database: str,
     make_settings: Callable[..., Settings],
     cleanup_broker: None,
-) -> Callable[..., AbstractAsyncContextManager[Stack]]:
+) -> StackFactory:
     """``async with stack(channels={...}) as s``: ingest and delivery of one replica."""
 
     def make(**overrides: Any) -> Stack:

@@ -161,3 +161,7 @@ class Stack:
         return await self.rows(
             "SELECT * FROM audit_log WHERE kind = :kind ORDER BY id", kind=kind
         )
+
+
+#: ``stack(channels=..., routing=...)``: a replica to use with ``async with``.
+StackFactory = Callable[..., Stack]

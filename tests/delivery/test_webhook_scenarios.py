@@ -1,27 +1,29 @@
 """Webhook delivery end to end: broker -> ingest -> outbox -> worker -> a real HTTP server."""
 
 import json
-from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import aio_pika
 import pytest
 from standardwebhooks import Webhook
 
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import SECRET, event_to, webhook_channel
+from tests.delivery.harness import SECRET, StackFactory, event_to, webhook_channel
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 ENDPOINTS = ("crisis-line", "safety-monitor", "case-system")
 
 
-def channels(sink: WebhookSink, names=ENDPOINTS, **overrides) -> dict:
+def channels(
+    sink: WebhookSink, names: tuple[str, ...] = ENDPOINTS, **overrides: Any
+) -> dict[str, Any]:
     return {"webhook": webhook_channel(sink.url, names, **overrides)}
 
 
 async def test_one_failing_endpoint_of_three_does_not_hold_back_the_others(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     webhook_sink.respond("/case-system", 503)
     async with stack(channels=channels(webhook_sink)) as s:
@@ -52,7 +54,7 @@ async def test_one_failing_endpoint_of_three_does_not_hold_back_the_others(
 
 
 async def test_404_is_dead_lettered_after_one_attempt_and_mirrored_to_the_dlq(
-    stack: Callable,
+    stack: StackFactory,
     webhook_sink: WebhookSink,
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, str],
@@ -100,7 +102,7 @@ async def _get(
 
 
 async def test_429_retry_after_is_honoured(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     webhook_sink.respond("/crisis-line", 429, times=1, retry_after="2")
     async with stack(channels=channels(webhook_sink)) as s:
@@ -114,7 +116,7 @@ async def test_429_retry_after_is_honoured(
 
 
 async def test_breaker_opens_makes_no_calls_while_open_probes_and_closes(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     breaker = {
         "failure_threshold": 3,
@@ -161,7 +163,7 @@ async def test_breaker_opens_makes_no_calls_while_open_probes_and_closes(
 
 
 async def test_endpoint_that_never_answers_ends_at_the_deadline_others_unaffected(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     webhook_sink.hang("/case-system")
     config = channels(webhook_sink, deadline_seconds=1.0)
@@ -196,7 +198,7 @@ async def test_endpoint_that_never_answers_ends_at_the_deadline_others_unaffecte
 
 
 async def test_half_of_all_requests_failing_still_delivers_everything_exactly_once(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     for name in ENDPOINTS:
         webhook_sink.flaky(f"/{name}", 0.5)
@@ -213,7 +215,7 @@ async def test_half_of_all_requests_failing_still_delivers_everything_exactly_on
 
 
 async def test_critical_deliveries_do_not_wait_behind_a_low_severity_backlog(
-    stack: Callable, webhook_sink: WebhookSink
+    stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     webhook_sink.trickle("/case-system", size=2, interval=0.05)  # ~0.1 s per request
     config = channels(webhook_sink, concurrency=4, critical_reserve=1)
