@@ -6,13 +6,19 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import structlog
 import typer
 
+from dispatcher.events.kinds import ChannelKind
 from dispatcher.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from dispatcher.delivery.service import DeliveryService
+
 T = TypeVar("T")
+log = structlog.get_logger("dispatcher")
 
 app = typer.Typer(
     name="dispatcher",
@@ -94,17 +100,77 @@ def migrate(
 
 
 @app.command()
-def serve() -> None:
-    """Run the dispatcher: ingest (and the channel workers) until SIGTERM."""
-    from dispatcher.app import IngestService, build_engine, run_until_signalled  # noqa: PLC0415
+def serve(
+    ingest_only: Annotated[
+        bool,
+        typer.Option(
+            "--ingest-only",
+            envvar="DISPATCHER_INGEST_ONLY",
+            help="Run no channel workers (run them with `dispatcher worker`).",
+        ),
+    ] = False,
+) -> None:
+    """Run the dispatcher: ingest and every configured channel's workers, until SIGTERM."""
+    from dispatcher.app import (  # noqa: PLC0415
+        IngestService,
+        build_delivery,
+        build_engine,
+        channel_configs,
+        run_until_signalled,
+    )
     from dispatcher.logs import configure_logging  # noqa: PLC0415
 
     cfg = settings()
     configure_logging(cfg.log_level, cfg.log_format)
+    deliver = not ingest_only and bool(channel_configs(cfg))
 
     async def go() -> None:
         engine = build_engine(cfg)
-        await run_until_signalled([IngestService(cfg, engine)], engine)
+        services: list[IngestService | DeliveryService] = [IngestService(cfg, engine)]
+        if deliver:
+            services.append(build_delivery(cfg, engine))
+        elif not ingest_only:
+            log.warning("dispatcher.no_channels", hint="deliveries stay pending")
+        await run_until_signalled(services, engine)
+
+    _run(go())
+
+
+@app.command()
+def worker(
+    channel: Annotated[
+        list[ChannelKind],
+        typer.Option(
+            "--channel",
+            envvar="DISPATCHER_WORKER_CHANNELS",
+            help="Channel to deliver; repeat for several. Default: every configured one.",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Run channel workers only (no ingest), e.g. to scale one channel on its own."""
+    from dispatcher.app import (  # noqa: PLC0415
+        build_delivery,
+        build_engine,
+        channel_configs,
+        run_until_signalled,
+    )
+    from dispatcher.logs import configure_logging  # noqa: PLC0415
+
+    cfg = settings()
+    configure_logging(cfg.log_level, cfg.log_format)
+    configured = channel_configs(cfg)
+    missing = [c.value for c in channel if c not in configured]
+    if missing:
+        raise typer.BadParameter(
+            f"not enabled or not configured: {', '.join(missing)}",
+            param_hint="--channel",
+        )
+
+    async def go() -> None:
+        engine = build_engine(cfg, "dispatcher-worker")
+        service = build_delivery(cfg, engine, only=set(channel) or None)
+        await run_until_signalled([service], engine)
 
     _run(go())
 
