@@ -7,7 +7,7 @@ answers change (``channels/ssrf.py``).
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Final, Self
+from typing import Annotated, Final, Self
 
 from pydantic import (
     BaseModel,
@@ -110,7 +110,9 @@ class WebhookChannelConfig(ChannelDelivery):
         default_factory=list
     )
     allow_http: bool = False
-    allowed_ports: list[int] = Field(default_factory=list)
+    allowed_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list
+    )
     concurrency: int = Field(default=32, ge=1, le=1024)
     deadline_seconds: float = Field(default=10.0, gt=0, le=300)
     connect_timeout: float = Field(default=5.0, gt=0, le=60)
