@@ -4,8 +4,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -15,7 +14,7 @@ from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade
 from dispatcher.publisher import Publisher
 from dispatcher.testing import event_bytes
-from tests.acceptance.faults import Dispatcher, PrivatePostgres
+from tests.acceptance.faults import PrivatePostgres
 from tests.conftest import AMQP_URL
 from tests.integration.test_ingest_consumer import queue_depth, wait_for
 
@@ -80,22 +79,6 @@ async def private_engine(private_pg: PrivatePostgres) -> AsyncIterator[object]:
     await upgrade(engine)
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[[dict[str, str], Path], Dispatcher]]:
-    """Start `dispatcher serve`, wait until it serves; every one is killed at teardown."""
-    started: list[Dispatcher] = []
-
-    def run(env: dict[str, str], log: Path) -> Dispatcher:
-        dispatcher = Dispatcher(env, log)
-        started.append(dispatcher)
-        dispatcher.wait_ready()
-        return dispatcher
-
-    yield run
-    for d in started:
-        d.close()
 
 
 @pytest.fixture
