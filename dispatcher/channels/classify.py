@@ -188,7 +188,12 @@ def exception(exc: BaseException) -> DeliveryError:
         return smtp_reply(exc.code)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         return smtp_reply(exc.recipients[0].code)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if (
+        isinstance(exc, aiosmtplib.SMTPNotSupported)
+        or type(exc) is aiosmtplib.SMTPException
+    ):
+        # aiosmtplib raises the bare base class only for capability mismatches: no
+        # STARTTLS (the message is then never sent in clear), no AUTH, no usable method.
         return TransientDeliveryError(ErrorClass.NOT_CONFIGURED, name)
     return TransientDeliveryError(_exception_class(exc) or ErrorClass.UNKNOWN, name)
 

@@ -342,6 +342,14 @@ def _refused_rcpt(code: int) -> aiosmtplib.SMTPRecipientsRefused:
             ErrorClass.NOT_CONFIGURED,
             id="smtp-unsupported",
         ),
+        pytest.param(
+            aiosmtplib.SMTPException(
+                "SMTP STARTTLS extension not supported by server."
+            ),
+            T,
+            ErrorClass.NOT_CONFIGURED,
+            id="smtp-no-starttls",
+        ),
         pytest.param(ValueError("what"), T, ErrorClass.UNKNOWN, id="ValueError"),
         pytest.param(RuntimeError("bug"), T, ErrorClass.UNKNOWN, id="RuntimeError"),
     ],
