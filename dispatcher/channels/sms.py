@@ -16,7 +16,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import (
+    TwilioException,
+    TwilioRestException,
+    TwilioServiceException,
+)
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
@@ -169,6 +173,9 @@ class TwilioChannel:
             ) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise classify.exception(exc) from exc
+        except TwilioException as exc:
+            # E.g. an unreadable 2xx answer; its text may echo the request.
+            raise classify.exception(exc) from None
         finally:
             _HEADERS.reset(token)
         return SendReceipt(
