@@ -46,6 +46,9 @@ PERMANENT_TWILIO: Final = frozenset(
     }
 )
 
+#: Twilio's "Authenticate" error: wrong account SID or auth token.
+TWILIO_AUTHENTICATE: Final = 20003
+
 #: Twilio codes that mean "not now" although the HTTP status alone might say otherwise.
 TRANSIENT_TWILIO: Final = frozenset(
     {
@@ -135,6 +138,14 @@ def twilio_error(
     status: int, code: int | None, *, retry_after: str | None = None
 ) -> DeliveryError:
     """Classify a Twilio REST error from its HTTP status and Twilio error code."""
+    if status == HTTPStatus.UNAUTHORIZED or code == TWILIO_AUTHENTICATE:
+        # Like an SMTP login failure: the account's configuration, not the message.
+        # Transient, so the breaker opens and fails over instead of dead-lettering.
+        return TransientDeliveryError(
+            ErrorClass.NOT_CONFIGURED,
+            f"Twilio authentication failed (HTTP {status})",
+            provider_code=str(code if code is not None else status),
+        )
     if code is not None:
         if code in PERMANENT_TWILIO:
             return PermanentDeliveryError(
@@ -161,6 +172,16 @@ def twilio_error(
     return error
 
 
+def invalid_recipient(what: str) -> PermanentDeliveryError:
+    """A recipient that the provider's library refuses to put on the wire.
+
+    ``what`` names the kind of address; the address itself is never copied.
+    """
+    return PermanentDeliveryError(
+        ErrorClass.INVALID_RECIPIENT, f"{what} refused by the client library"
+    )
+
+
 def exception(exc: BaseException) -> DeliveryError:
     """Classify an exception raised while talking to a provider.
 
@@ -182,7 +203,12 @@ def exception(exc: BaseException) -> DeliveryError:
         return smtp_reply(exc.code)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         return smtp_reply(exc.recipients[0].code)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if (
+        isinstance(exc, aiosmtplib.SMTPNotSupported)
+        or type(exc) is aiosmtplib.SMTPException
+    ):
+        # aiosmtplib raises the bare base class only for capability mismatches: no
+        # STARTTLS (the message is then never sent in clear), no AUTH, no usable method.
         return TransientDeliveryError(ErrorClass.NOT_CONFIGURED, name)
     return TransientDeliveryError(_exception_class(exc) or ErrorClass.UNKNOWN, name)
 

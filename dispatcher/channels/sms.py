@@ -1,0 +1,221 @@
+"""SMS through Twilio: configuration and the adapter for one account."""
+
+import asyncio
+import base64
+import logging
+from contextvars import ContextVar
+from typing import Annotated, Any, Final
+
+import aiohttp
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from twilio.base.exceptions import (
+    TwilioException,
+    TwilioRestException,
+    TwilioServiceException,
+)
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from dispatcher.channels import classify
+from dispatcher.channels.base import OutboundMessage, SendReceipt
+from dispatcher.channels.templates import DEFAULT_SMS, check_template, render_sms
+from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.events.kinds import ChannelKind
+from dispatcher.events.schema import E164_PATTERN, ENDPOINT_NAME_PATTERN
+
+# twilio logs every request's URL and headers at INFO through the logger it is given;
+# ours stays at WARNING so no account SID or header reaches the logs.
+_HTTP_LOG: Final = logging.getLogger(f"{__name__}.http")
+_HTTP_LOG.setLevel(logging.WARNING)
+
+#: Response headers of the current task's last Twilio call: ``TwilioRestException``
+#: drops them, and ``Retry-After`` decides when a rate-limited SMS is retried.
+_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("twilio_headers", default=None)
+
+# Twilio's client reads region and edge from os.environ unless given a mapping, and
+# rewrites the host when they are set; a non-empty neutral mapping keeps it explicit.
+_NO_ENVIRONMENT: Final = {"TWILIO_REGION": "", "TWILIO_EDGE": ""}
+
+
+class TwilioProvider(BaseModel):
+    """One Twilio account; sends from a number or through a messaging service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=ENDPOINT_NAME_PATTERN)]
+    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
+    auth_token: SecretStr
+    from_number: Annotated[str, StringConstraints(pattern=E164_PATTERN)] | None = None
+    messaging_service_sid: (
+        Annotated[str, StringConstraints(pattern=r"^MG[0-9a-fA-F]{32}$")] | None
+    ) = None
+    #: Replaces ``https://api.twilio.com``, e.g. for a local Twilio-compatible server.
+    base_url: str | None = None
+    #: Whole request; the installed twilio async client applies no timeout of its own.
+    timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("base_url must be an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _check_sender(self) -> "TwilioProvider":
+        if (self.from_number is None) == (self.messaging_service_sid is None):
+            raise ValueError("set exactly one of from_number and messaging_service_sid")
+        return self
+
+
+class SmsChannelConfig(ChannelDelivery):
+    """The SMS channel: Twilio accounts in failover order and the text template."""
+
+    enabled: bool = False
+    concurrency: int = Field(default=16, ge=1, le=1000)
+    deadline_seconds: float = Field(default=15.0, gt=0, le=600)
+    providers: list[TwilioProvider] = Field(default_factory=list)
+    template: str = DEFAULT_SMS
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        return check_template(value)
+
+    @model_validator(mode="after")
+    def _check_providers(self) -> "SmsChannelConfig":
+        if self.enabled and not self.providers:
+            raise ValueError("the SMS channel is enabled but has no providers")
+        names = [provider.name for provider in self.providers]
+        if len(names) != len(set(names)):
+            raise ValueError("provider names must be unique")
+        return self
+
+
+class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    async def request(  # noqa: PLR0917 - twilio's signature
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - twilio's signature
+        allow_redirects: bool = False,
+    ) -> Any:
+        if auth is not None:
+            # twilio 9.13 builds aiohttp.BasicAuth, deprecated in aiohttp 3.14.
+            token = base64.b64encode(":".join(auth).encode("latin-1")).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {token}"}
+        response = await super().request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=None,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )
+        seen = _HEADERS.get()
+        if seen is not None and response.headers is not None:
+            seen.update(response.headers)
+        return response
+
+
+class TwilioChannel:
+    """The SMS ``Channel`` for one Twilio account, over one pooled HTTP session."""
+
+    kind = ChannelKind.SMS
+
+    def __init__(
+        self, provider: TwilioProvider, *, template: str = DEFAULT_SMS
+    ) -> None:
+        self.name = provider.name
+        self._provider = provider
+        self._template = check_template(template)
+        self._client: Any = None
+        self._http: _HttpClient | None = None
+
+    async def send(self, message: OutboundMessage, /) -> SendReceipt:
+        """Send one SMS.
+
+        Raises:
+            TransientDeliveryError: HTTP 5xx, Twilio 20429 (with ``retry_after``), bad
+                credentials, timeouts and network errors.
+            PermanentDeliveryError: invalid, unreachable or unsubscribed numbers, and a
+                template that cannot be rendered.
+        """
+        body = render_sms(self._template, message)
+        headers: dict[str, str] = {}
+        token = _HEADERS.set(headers)
+        try:
+            async with asyncio.timeout(self._provider.timeout):
+                created = await self._messages().create_async(
+                    to=message.recipient,
+                    body=body,
+                    from_=self._provider.from_number,
+                    messaging_service_sid=self._provider.messaging_service_sid,
+                )
+        except (TwilioRestException, TwilioServiceException) as exc:
+            # Twilio's message quotes the number: keep it out of the chain.
+            raise classify.twilio_error(
+                exc.status, exc.code, retry_after=_header(headers, "Retry-After")
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise classify.exception(exc) from exc
+        except TwilioException as exc:
+            # E.g. an unreadable 2xx answer; its text may echo the request.
+            raise classify.exception(exc) from None
+        finally:
+            _HEADERS.reset(token)
+        return SendReceipt(
+            provider=self.name,
+            provider_code=str(created.status),
+            provider_message_id=created.sid,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; the next send would open a new one."""
+        http, self._http, self._client = self._http, None, None
+        if http is not None:
+            await http.close()
+
+    def _messages(self) -> Any:
+        # Built on first use: aiohttp's session must be created inside the running loop.
+        if self._client is None:
+            provider = self._provider
+            self._http = _HttpClient(logger=_HTTP_LOG)
+            self._client = Client(
+                provider.account_sid,
+                provider.auth_token.get_secret_value(),
+                http_client=self._http,
+                environment=_NO_ENVIRONMENT,
+            )
+            if provider.base_url is not None:
+                self._client.api.base_url = provider.base_url
+        return self._client.messages
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+def build_channels(config: SmsChannelConfig) -> list[TwilioChannel]:
+    """One adapter per account, in failover order; empty when the channel is disabled."""
+    if not config.enabled:
+        return []
+    return [
+        TwilioChannel(provider, template=config.template)
+        for provider in config.providers
+    ]

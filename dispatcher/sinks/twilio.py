@@ -1,0 +1,221 @@
+"""A Twilio-compatible Messages endpoint on loopback that records what it accepts and
+misbehaves on demand.
+
+Only ``POST /2010-04-01/Accounts/{sid}/Messages.json``, answered the way Twilio does, so
+the real ``twilio`` client can be pointed at it (``client.api.base_url``).
+"""
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any, Self
+
+from aiohttp import BasicAuth, hdrs, web
+
+_API = "/2010-04-01"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedSms:
+    """One accepted message; numbers and body are kept out of ``repr``."""
+
+    sid: str
+    account_sid: str
+    messaging_service_sid: str | None
+    #: ``time.time()`` when the request was answered.
+    received_at: float
+    to: str = field(repr=False)
+    from_: str | None = field(repr=False)
+    body: str = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Fault:
+    status: int
+    code: int | None
+    times: int | None
+    retry_after: str | None
+
+
+class TwilioSink:
+    """Twilio-like HTTP server on ``127.0.0.1``; ``port=0`` picks a free port.
+
+    Faults, switchable at any time:
+    - ``fail(status, code=None, times=None, retry_after=None)``: a Twilio error answer
+      for the next ``times`` requests, or always;
+    - ``delay = seconds``: sleep before answering (``float("inf")``: hang);
+    - ``await go_down()`` / ``await come_up()``: stop listening (connection refused).
+    Requests whose Basic auth is not ``account_sid:auth_token`` get Twilio's 401/20003.
+    """
+
+    def __init__(self, account_sid: str, auth_token: str, *, port: int = 0) -> None:
+        self.account_sid = account_sid
+        self.host = "127.0.0.1"
+        self.port = port
+        self.received: list[ReceivedSms] = []
+        #: Requests that reached the handler, including refused ones.
+        self.requests = 0
+        self.delay: float | None = None
+        self._auth_token = auth_token
+        self._fault: _Fault | None = None
+        self._peers: set[object] = set()
+        app = web.Application()
+        app.router.add_post(_API + "/Accounts/{sid}/Messages.json", self._create)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        self._site: web.TCPSite | None = None
+
+    @property
+    def connections(self) -> int:
+        """Distinct client connections that sent requests (keep-alive reuse keeps it low)."""
+        return len(self._peers)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now."""
+        server = self._runner.server
+        return len(server.connections) if server is not None else 0
+
+    @property
+    def base_url(self) -> str:
+        """What to give ``TwilioProvider.base_url``."""
+        return f"http://{self.host}:{self.port}"
+
+    def fail(
+        self,
+        status: int,
+        code: int | None = None,
+        *,
+        times: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """Answer with a Twilio error for the next ``times`` requests (``None``: always)."""
+        self._fault = _Fault(status, code, times, retry_after)
+
+    def heal(self) -> None:
+        self._fault = None
+        self.delay = None
+
+    async def start(self) -> Self:
+        if self._runner.server is None:
+            await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port)
+        await self._site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        self._site = None
+
+    async def go_down(self) -> None:
+        """Stop listening and drop kept-alive connections; ``come_up`` reuses the port."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        if self._runner.server is not None:
+            for handler in self._runner.server.connections:
+                handler.force_close()
+
+    async def come_up(self) -> None:
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _create(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if request.transport is not None:
+            self._peers.add(request.transport.get_extra_info("peername"))
+        if self.delay is not None:
+            await asyncio.sleep(self.delay)
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        fault = self._take_fault()
+        if fault is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            if fault.code is None:
+                return web.Response(status=fault.status, text="fault injected")
+            return _error(fault.status, fault.code, "fault injected", headers)
+        form = await request.post()
+        to, sender, service = (
+            form.get("To"),
+            form.get("From"),
+            form.get("MessagingServiceSid"),
+        )
+        body = form.get("Body")
+        if not isinstance(to, str) or not isinstance(body, str):
+            return _error(400, 21604, "A 'To' phone number and a 'Body' are required.")
+        if not isinstance(sender, str) and not isinstance(service, str):
+            return _error(400, 21603, "A 'From' or 'MessagingServiceSid' is required.")
+        sms = ReceivedSms(
+            sid="SM" + secrets.token_hex(16),
+            account_sid=self.account_sid,
+            messaging_service_sid=service if isinstance(service, str) else None,
+            received_at=time.time(),
+            to=to,
+            from_=sender if isinstance(sender, str) else None,
+            body=body,
+        )
+        self.received.append(sms)
+        return web.json_response(_resource(sms), status=201)
+
+    def _authorized(self, request: web.Request) -> bool:
+        try:
+            auth = BasicAuth.decode(request.headers.get(hdrs.AUTHORIZATION, ""))
+        except ValueError:
+            return False
+        return (
+            request.match_info["sid"] == self.account_sid
+            and secrets.compare_digest(auth.login, self.account_sid)
+            and secrets.compare_digest(auth.password, self._auth_token)
+        )
+
+    def _take_fault(self) -> _Fault | None:
+        fault = self._fault
+        if fault is not None and fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                self._fault = None
+        return fault
+
+
+def _error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    payload = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(payload, status=status, headers=headers)
+
+
+def _resource(sms: ReceivedSms) -> dict[str, Any]:
+    now = format_datetime(datetime.now(UTC), usegmt=True)
+    return {
+        "sid": sms.sid,
+        "account_sid": sms.account_sid,
+        "messaging_service_sid": sms.messaging_service_sid,
+        "to": sms.to,
+        "from": sms.from_,
+        "body": sms.body,
+        "status": "accepted" if sms.messaging_service_sid else "queued",
+        "num_segments": str(max(1, -(-len(sms.body) // 153))),
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "date_created": now,
+        "date_updated": now,
+        "date_sent": None,
+        "error_code": None,
+        "error_message": None,
+        "price": None,
+        "price_unit": "USD",
+        "uri": f"{_API}/Accounts/{sms.account_sid}/Messages/{sms.sid}.json",
+    }

@@ -1,0 +1,382 @@
+"""The SMTP adapter against a real SMTP server (SmtpSink): delivery, reuse, faults, TLS."""
+
+import asyncio
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from dispatcher.channels import classify
+from dispatcher.channels.base import OutboundMessage
+from dispatcher.channels.email import EmailChannelConfig, SmtpChannel, SmtpProvider
+from dispatcher.channels.templates import EmailTemplate
+from dispatcher.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.sinks.smtp import SmtpSink
+
+CANARY = "canary-pii-7d2e@example.org"
+
+MakeChannel = Callable[..., SmtpChannel]
+
+
+def _message(**overrides: Any) -> OutboundMessage:
+    values: dict[str, Any] = {
+        "delivery_id": uuid.uuid4(),
+        "event_id": uuid.uuid4(),
+        "event_type": "crisis.detected",
+        "severity": Severity.CRITICAL,
+        "occurred_at": "2025-03-01T12:00:00+00:00",
+        "subject_id": "person-42",
+        "recipient": CANARY,
+        "data": {"score": 0.97},
+    }
+    values.update(overrides)
+    return OutboundMessage(**values)
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    async with SmtpSink() as server:
+        yield server
+
+
+@pytest.fixture
+async def make_channel() -> AsyncIterator[MakeChannel]:
+    """Builds channels against a port and closes them after the test."""
+    made: list[SmtpChannel] = []
+
+    def make(
+        port: int, templates: dict[str, EmailTemplate] | None = None, **fields: Any
+    ) -> SmtpChannel:
+        values: dict[str, Any] = {
+            "name": "relay-a",
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "none",
+            "from_address": "alerts@dispatcher.example",
+            "timeout": 2.0,
+            **fields,
+        }
+        channel = SmtpChannel(SmtpProvider(**values), templates=templates)
+        made.append(channel)
+        return channel
+
+    yield make
+    for channel in made:
+        await channel.aclose()
+
+
+async def _send_error(
+    channel: SmtpChannel, message: OutboundMessage | None = None
+) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(message or _message())
+    assert CANARY not in str(caught.value)
+    return caught.value
+
+
+async def test_delivers_with_stable_message_id(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """The message arrives with Message-ID and id headers derived from the delivery."""
+    templates = {
+        "crisis.*": EmailTemplate(
+            subject="Alert $subject_id", body="Score ${data.score}"
+        )
+    }
+    channel = make_channel(sink.port, templates)
+    message = _message()
+    receipt = await channel.send(message)
+    assert (channel.kind, channel.name) == (ChannelKind.EMAIL, "relay-a")
+    assert receipt.provider == "relay-a"
+    assert receipt.provider_code == "250"
+    assert receipt.provider_message_id == "Q000001"
+    [mail] = sink.received
+    assert mail.message_id == f"<{message.delivery_id}@dispatcher>"
+    assert mail.delivery_id == str(message.delivery_id)
+    assert mail.event_id == str(message.event_id)
+    assert mail.rcpt_count == 1
+    assert mail.subject == "Alert person-42"
+    assert b"Score 0.97" in mail.content
+
+
+async def test_retry_keeps_message_id(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A second attempt of the same delivery carries the same Message-ID."""
+    channel = make_channel(sink.port)
+    message = _message()
+    await channel.send(message)
+    await channel.send(_message(delivery_id=message.delivery_id, attempt=2))
+    assert sink.received[0].message_id == sink.received[1].message_id
+
+
+async def test_reuses_one_connection(sink: SmtpSink, make_channel: MakeChannel) -> None:
+    """Sequential sends share one SMTP connection."""
+    channel = make_channel(sink.port)
+    for _ in range(10):
+        await channel.send(_message())
+    assert len(sink.received) == 10
+    assert sink.connections == 1
+    assert channel.connections_opened == 1
+
+
+async def test_pool_bounds_concurrent_connections(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """Concurrent sends open at most pool_size connections and all arrive."""
+    channel = make_channel(sink.port, pool_size=3)
+    await asyncio.gather(*(channel.send(_message()) for _ in range(30)))
+    assert len(sink.received) == 30
+    assert 1 <= sink.connections <= 3
+
+
+async def test_451_is_transient_and_connection_survives(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A 4xx reply is provider_transient; the connection stays in the pool."""
+    channel = make_channel(sink.port)
+    sink.fail(451, times=1)
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.PROVIDER_TRANSIENT,
+        "451",
+    )
+    await channel.send(_message())
+    assert len(sink.received) == 1
+    assert sink.connections == 1
+
+
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+async def test_550_is_permanent(
+    sink: SmtpSink, make_channel: MakeChannel, stage: Any
+) -> None:
+    """A 5xx reply is permanent, and the relay's text (which quotes the address) is dropped."""
+    channel = make_channel(sink.port)
+    sink.fail(550, stage=stage, text=f"5.1.1 <{CANARY}> unknown user")
+    error = await _send_error(channel)
+    assert isinstance(error, PermanentDeliveryError)
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.PROVIDER_PERMANENT,
+        "550",
+    )
+    assert error.__cause__ is None
+    assert sink.received == []
+
+
+async def test_down_is_connection_transient(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A relay that refuses connections is a transient connection error, then recovers."""
+    channel = make_channel(sink.port)
+    await sink.go_down()
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.CONNECTION
+    assert isinstance(error.__cause__, ConnectionError)
+    await sink.come_up()
+    await channel.send(_message())
+    assert len(sink.received) == 1
+
+
+async def test_relay_restart_costs_at_most_one_attempt(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A pooled connection cut by the relay fails transiently once, then a new one is used."""
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    await sink.go_down()
+    await sink.come_up()
+    outcomes = []
+    for _ in range(2):
+        try:
+            await channel.send(_message())
+            outcomes.append("ok")
+        except TransientDeliveryError as exc:
+            outcomes.append(exc.error_class)
+    assert outcomes[-1] == "ok"
+    assert outcomes[0] in {"ok", ErrorClass.CONNECTION}
+    assert channel.connections_opened == 2
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def _ca_file(ca: trustme.CA, path: Path) -> Path:
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+async def test_starttls_with_private_ca(
+    ca: trustme.CA, tmp_path: Path, make_channel: MakeChannel
+) -> None:
+    """STARTTLS against a certificate from the configured private CA succeeds over TLS."""
+    async with SmtpSink(tls_context=_server_context(ca), require_starttls=True) as sink:
+        channel = make_channel(
+            sink.port, tls="starttls", ca_file=_ca_file(ca, tmp_path / "ca.pem")
+        )
+        await channel.send(_message())
+        assert [mail.tls for mail in sink.received] == [True]
+
+
+def test_credentials_need_tls() -> None:
+    """Credentials are accepted only with TLS, and only as a pair."""
+    fields: dict[str, Any] = {"name": "r", "host": "h", "from_address": "a@b.c"}
+    with pytest.raises(ValueError, match="without TLS"):
+        SmtpProvider(**fields, tls="none", username="u", password="p")
+    with pytest.raises(ValueError, match="go together"):
+        SmtpProvider(**fields, tls="tls", username="u")
+    assert SmtpProvider(**fields, username="u", password="p").password is not None
+
+
+async def test_wrong_ca_is_tls_transient_never_clear(
+    tmp_path: Path, make_channel: MakeChannel
+) -> None:
+    """A certificate from another CA fails as tls; nothing is sent, even though the relay
+    would accept plain text."""
+    server_ca, other_ca = trustme.CA(), trustme.CA()
+    async with SmtpSink(
+        tls_context=_server_context(server_ca), require_starttls=False
+    ) as sink:
+        channel = make_channel(
+            sink.port,
+            tls="starttls",
+            ca_file=_ca_file(other_ca, tmp_path / "other.pem"),
+        )
+        error = await _send_error(channel)
+        assert isinstance(error, TransientDeliveryError)
+        assert error.error_class is ErrorClass.TLS
+        assert sink.received == []
+        assert sink.attempts == 0
+
+
+async def test_starttls_missing_is_not_sent_in_clear(
+    sink: SmtpSink, make_channel: MakeChannel, tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A relay that does not offer STARTTLS gets nothing; the channel is not_configured."""
+    channel = make_channel(
+        sink.port, tls="starttls", ca_file=_ca_file(ca, tmp_path / "ca.pem")
+    )
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.NOT_CONFIGURED
+    assert sink.attempts == 0
+
+
+async def test_hanging_data_cut_by_deadline_then_pool_recovers(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A relay that stalls in DATA is cut by the overall deadline; the next send gets a
+    fresh connection and succeeds."""
+    channel = make_channel(sink.port, timeout=30.0)
+    await channel.send(_message())
+    sink.data_delay = 60.0
+    with pytest.raises(TimeoutError) as caught:
+        async with asyncio.timeout(0.3):
+            await channel.send(_message())
+    assert classify.exception(caught.value).error_class is ErrorClass.TIMEOUT
+    sink.heal()
+    await channel.send(_message())
+    assert len(sink.received) == 2
+    assert channel.connections_opened == 2
+
+
+async def test_silent_relay_hits_operation_timeout(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A relay that accepts TCP but never greets fails with timeout after one operation
+    timeout."""
+    channel = make_channel(sink.port, timeout=0.3)
+    sink.hang_on_connect = True
+    async with asyncio.timeout(5):
+        error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.TIMEOUT
+    sink.heal()
+    await channel.send(_message())
+    assert len(sink.received) == 1
+
+
+async def test_template_error_is_permanent(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A template naming a missing data field fails the delivery as template, before any
+    connection."""
+    templates = {"crisis.*": EmailTemplate(subject="x", body="${data.missing}")}
+    channel = make_channel(sink.port, templates)
+    error = await _send_error(channel)
+    assert isinstance(error, PermanentDeliveryError)
+    assert error.error_class is ErrorClass.TEMPLATE
+    assert sink.connections == 0
+
+
+async def test_bad_recipient_is_invalid_recipient(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """An address with a line break is refused before the wire, as invalid_recipient."""
+    channel = make_channel(sink.port)
+    error = await _send_error(
+        channel, _message(recipient="x@example.org\r\nRCPT TO:<y@example.org>")
+    )
+    assert isinstance(error, PermanentDeliveryError)
+    assert error.error_class is ErrorClass.INVALID_RECIPIENT
+    assert sink.attempts == 0
+
+
+async def test_aclose_closes_pooled_connections(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """aclose says QUIT on pooled connections; the relay sees them closed."""
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    assert sink.open_connections == 1
+    await channel.aclose()
+    await _eventually(lambda: sink.open_connections == 0)
+
+
+async def test_no_address_in_logs(
+    sink: SmtpSink, make_channel: MakeChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the adapter nor the sink logs the recipient, on success or failure."""
+    caplog.set_level(logging.DEBUG)
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    sink.fail(550, times=1, stage="rcpt", text=f"<{CANARY}> unknown")
+    await _send_error(channel)
+    assert CANARY not in caplog.text
+
+
+def test_config_validation() -> None:
+    """Enabled without providers, or duplicate provider names, is a config error."""
+    provider = {"name": "a", "host": "h", "from_address": "a@b.c"}
+    with pytest.raises(ValueError, match="no providers"):
+        EmailChannelConfig(enabled=True)
+    with pytest.raises(ValueError, match="unique"):
+        EmailChannelConfig(providers=[provider, provider])
+    config = EmailChannelConfig(enabled=True, providers=[provider])
+    assert (config.concurrency, config.deadline_seconds) == (16, 30.0)

@@ -1,0 +1,273 @@
+"""The Twilio adapter through the real twilio client against TwilioSink: delivery, faults."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from dispatcher.channels.base import OutboundMessage
+from dispatcher.channels.sms import SmsChannelConfig, TwilioChannel, TwilioProvider
+from dispatcher.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.sinks.twilio import TwilioSink
+
+SID = "AC" + uuid.uuid4().hex
+TOKEN = "tok_canary_" + uuid.uuid4().hex
+CANARY = "+1555" + str(uuid.uuid4().int)[:7]
+FROM = "+15550001111"
+
+MakeChannel = Callable[..., TwilioChannel]
+
+
+def _message(**overrides: Any) -> OutboundMessage:
+    values: dict[str, Any] = {
+        "delivery_id": uuid.uuid4(),
+        "event_id": uuid.uuid4(),
+        "event_type": "crisis.detected",
+        "severity": Severity.CRITICAL,
+        "occurred_at": "2025-03-01T12:00:00+00:00",
+        "subject_id": "person-42",
+        "recipient": CANARY,
+        "data": {"score": 0.97},
+    }
+    values.update(overrides)
+    return OutboundMessage(**values)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[TwilioSink]:
+    async with TwilioSink(SID, TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_channel(sink: TwilioSink) -> AsyncIterator[MakeChannel]:
+    """Builds channels against the sink and closes them after the test."""
+    made: list[TwilioChannel] = []
+
+    def make(template: str | None = None, **fields: Any) -> TwilioChannel:
+        values: dict[str, Any] = {
+            "name": "twilio-a",
+            "account_sid": SID,
+            "auth_token": TOKEN,
+            "base_url": sink.base_url,
+            "timeout": 2.0,
+            **fields,
+        }
+        if "messaging_service_sid" not in values:
+            values.setdefault("from_number", FROM)
+        provider = TwilioProvider(**values)
+        channel = (
+            TwilioChannel(provider, template=template)
+            if template
+            else TwilioChannel(provider)
+        )
+        made.append(channel)
+        return channel
+
+    yield make
+    for channel in made:
+        await channel.aclose()
+
+
+async def _send_error(channel: TwilioChannel) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(_message())
+    assert CANARY not in str(caught.value)
+    return caught.value
+
+
+async def test_delivers_with_sid(sink: TwilioSink, make_channel: MakeChannel) -> None:
+    """The SMS reaches the account's Messages endpoint; the receipt carries its SID."""
+    channel = make_channel(template="Alert ${data.score} for $subject_id")
+    receipt = await channel.send(_message())
+    assert (channel.kind, channel.name) == (ChannelKind.SMS, "twilio-a")
+    [sms] = sink.received
+    assert receipt.provider == "twilio-a"
+    assert receipt.provider_message_id == sms.sid
+    assert sms.sid.startswith("SM")
+    assert len(sms.sid) == 34
+    assert receipt.provider_code == "queued"
+    assert (sms.to, sms.from_, sms.body) == (CANARY, FROM, "Alert 0.97 for person-42")
+
+
+async def test_messaging_service(sink: TwilioSink, make_channel: MakeChannel) -> None:
+    """A provider with a messaging service sends through it, with no From number."""
+    service = "MG" + uuid.uuid4().hex
+    channel = make_channel(messaging_service_sid=service)
+    receipt = await channel.send(_message())
+    [sms] = sink.received
+    assert (sms.messaging_service_sid, sms.from_) == (service, None)
+    assert receipt.provider_code == "accepted"
+
+
+async def test_reuses_one_connection(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """Sequential sends share one kept-alive HTTP connection."""
+    channel = make_channel()
+    for _ in range(5):
+        await channel.send(_message())
+    assert len(sink.received) == 5
+    assert sink.connections == 1
+
+
+@pytest.mark.parametrize("code", [21211, 21614, 21610])
+async def test_bad_number_is_permanent(
+    sink: TwilioSink, make_channel: MakeChannel, code: int
+) -> None:
+    """Invalid, non-mobile and unsubscribed numbers are permanent; the text is dropped."""
+    sink.fail(400, code)
+    error = await _send_error(make_channel())
+    assert isinstance(error, PermanentDeliveryError)
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.PROVIDER_PERMANENT,
+        str(code),
+    )
+    assert error.__cause__ is None
+
+
+async def test_rate_limited_with_retry_after(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """20429 with Retry-After is transient rate_limited and carries the delay."""
+    sink.fail(429, 20429, times=1, retry_after="7")
+    channel = make_channel()
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert (error.error_class, error.retry_after) == (ErrorClass.RATE_LIMITED, 7.0)
+    await channel.send(_message())
+    assert len(sink.received) == 1
+
+
+async def test_retry_after_does_not_leak_between_sends(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """A Retry-After seen by one send is not applied to the next error."""
+    channel = make_channel()
+    sink.fail(429, 20429, times=1, retry_after="7")
+    await _send_error(channel)
+    sink.fail(429, 20429, times=1)
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.retry_after is None
+
+
+async def test_503_is_transient(sink: TwilioSink, make_channel: MakeChannel) -> None:
+    """A 503 without a Twilio body is provider_transient."""
+    sink.fail(503)
+    error = await _send_error(make_channel())
+    assert isinstance(error, TransientDeliveryError)
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.PROVIDER_TRANSIENT,
+        "503",
+    )
+
+
+async def test_down_is_connection_transient(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """A refused connection is transient connection; the channel recovers."""
+    channel = make_channel()
+    await sink.go_down()
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.CONNECTION
+    await sink.come_up()
+    await channel.send(_message())
+    assert len(sink.received) == 1
+
+
+async def test_wrong_token_is_not_configured(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """Bad credentials (401/20003) are transient not_configured: breaker and failover,
+    not the dead-letter queue."""
+    error = await _send_error(make_channel(auth_token="wrong"))
+    assert isinstance(error, TransientDeliveryError)
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.NOT_CONFIGURED,
+        "20003",
+    )
+    assert sink.received == []
+
+
+async def test_hang_is_cut_by_timeout(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """A server that never answers is cut at the provider timeout, as timeout."""
+    channel = make_channel(timeout=0.3)
+    sink.delay = 60.0
+    async with asyncio.timeout(5):
+        error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.TIMEOUT
+    sink.heal()
+    await channel.send(_message())
+    assert len(sink.received) == 1
+
+
+async def test_template_error_is_permanent(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """A missing data field fails as template before any request."""
+    error = await _send_error(make_channel(template="${data.missing}"))
+    assert isinstance(error, PermanentDeliveryError)
+    assert error.error_class is ErrorClass.TEMPLATE
+    assert sink.requests == 0
+
+
+async def test_aclose_closes_session(
+    sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """aclose closes the pooled HTTP session; the server sees the connection go."""
+    channel = make_channel()
+    await channel.send(_message())
+    assert sink.open_connections == 1
+    await channel.aclose()
+    async with asyncio.timeout(2):
+        while sink.open_connections:
+            await asyncio.sleep(0.01)
+
+
+async def test_no_number_token_or_sid_in_logs(
+    sink: TwilioSink, make_channel: MakeChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twilio's request logging stays below INFO: no number, token or account SID."""
+    caplog.set_level(logging.DEBUG)
+    channel = make_channel()
+    await channel.send(_message())
+    sink.fail(400, 21211, times=1)
+    await _send_error(channel)
+    for secret in (CANARY, TOKEN, SID):
+        assert secret not in caplog.text
+
+
+def test_provider_validation() -> None:
+    """Exactly one sender; SIDs and numbers have Twilio's shapes."""
+    base: dict[str, Any] = {"name": "t", "account_sid": SID, "auth_token": TOKEN}
+    with pytest.raises(ValueError, match="exactly one"):
+        TwilioProvider(**base)
+    with pytest.raises(ValueError, match="exactly one"):
+        TwilioProvider(**base, from_number=FROM, messaging_service_sid="MG" + "0" * 32)
+    with pytest.raises(ValueError, match="account_sid"):
+        TwilioProvider(**{**base, "account_sid": "nope"}, from_number=FROM)
+    with pytest.raises(ValueError, match="base_url"):
+        TwilioProvider(**base, from_number=FROM, base_url="ftp://x")
+    assert TOKEN not in repr(TwilioProvider(**base, from_number=FROM))
+
+
+def test_config_validation() -> None:
+    """Enabled without providers is a config error; defaults follow the brief."""
+    with pytest.raises(ValueError, match="no providers"):
+        SmsChannelConfig(enabled=True)
+    config = SmsChannelConfig()
+    assert (config.concurrency, config.deadline_seconds) == (16, 15.0)
