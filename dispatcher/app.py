@@ -9,12 +9,21 @@ from aio_pika import IncomingMessage
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.channels import email, sms
+from dispatcher.channels.base import Channel
 from dispatcher.channels.config import WebhookChannelConfig
+from dispatcher.channels.email import EmailChannelConfig
+from dispatcher.channels.sms import SmsChannelConfig
 from dispatcher.channels.webhook import WebhookChannel
 from dispatcher.db.engine import create_engine
 from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.delivery.deadletter import DeadLetterMirror
-from dispatcher.delivery.providers import EndpointProviders, Providers
+from dispatcher.delivery.providers import (
+    Candidate,
+    EndpointProviders,
+    FailoverProviders,
+    Providers,
+)
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.service import BreakerAudit, DeliveryService, replica_id
 from dispatcher.errors import ConfigError
@@ -130,10 +139,14 @@ def build_delivery(
 
 def channel_configs(settings: Settings) -> dict[ChannelKind, ChannelDelivery]:
     """The channels that are enabled and have somewhere to send."""
-    webhook = settings.channels.webhook
+    channels = settings.channels
     configs: dict[ChannelKind, ChannelDelivery] = {}
-    if webhook.enabled and webhook.endpoints:
-        configs[ChannelKind.WEBHOOK] = webhook
+    if channels.email.enabled and channels.email.providers:
+        configs[ChannelKind.EMAIL] = channels.email
+    if channels.sms.enabled and channels.sms.providers:
+        configs[ChannelKind.SMS] = channels.sms
+    if channels.webhook.enabled and channels.webhook.endpoints:
+        configs[ChannelKind.WEBHOOK] = channels.webhook
     return configs
 
 
@@ -145,10 +158,16 @@ def build_providers(
     def breaker(name: str) -> CircuitBreaker:
         return CircuitBreaker(name, config.breaker, on_transition=[hook])
 
-    if kind is ChannelKind.WEBHOOK:
-        assert isinstance(config, WebhookChannelConfig)  # noqa: S101 - channel_configs pairs them
+    adapters: Sequence[Channel]
+    if isinstance(config, WebhookChannelConfig):
         return EndpointProviders(WebhookChannel(config), breaker)
-    raise ConfigError(f"channel {kind.value} has no adapter")
+    if isinstance(config, EmailChannelConfig):
+        adapters = email.build_channels(config)
+    elif isinstance(config, SmsChannelConfig):
+        adapters = sms.build_channels(config)
+    else:
+        raise ConfigError(f"channel {kind.value} has no adapter")
+    return FailoverProviders([Candidate(a, breaker(a.name)) for a in adapters])
 
 
 async def run_until_signalled(

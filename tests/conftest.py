@@ -77,6 +77,19 @@ async def database(template_database: str) -> AsyncIterator[str]:
     name = f"dispatcher_t_{uuid.uuid4().hex[:12]}"
     await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield database_url(name)
+    await drop_database(name)
+
+
+async def drop_database(name: str) -> None:
+    """Drop a test database; retried, since an autovacuum worker (a superuser process that
+    our role may not terminate) can briefly hold it right after a test's writes."""
+    for _ in range(50):
+        try:
+            await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.InsufficientPrivilegeError:
+            await asyncio.sleep(0.1)
+        else:
+            return
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

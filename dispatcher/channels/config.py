@@ -20,6 +20,8 @@ from pydantic import (
 from yarl import URL
 
 from dispatcher.channels import signing, ssrf
+from dispatcher.channels.email import EmailChannelConfig
+from dispatcher.channels.sms import SmsChannelConfig
 from dispatcher.delivery.config import ChannelDelivery
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -147,7 +149,9 @@ class WebhookChannelConfig(ChannelDelivery):
 
 
 class ChannelsConfig(BaseModel):
-    """Per-channel provider settings (``channels.webhook`` ...)."""
+    """Per-channel provider settings (``channels.email``, ``channels.sms``, ``channels.webhook``)."""
 
     model_config = _FROZEN
+    email: EmailChannelConfig = EmailChannelConfig()
+    sms: SmsChannelConfig = SmsChannelConfig()
     webhook: WebhookChannelConfig = WebhookChannelConfig()

@@ -7,8 +7,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.settings import Settings
+from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.sinks.twilio import TwilioSink
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack, StackFactory
+from tests.delivery.harness import SMS_SID, SMS_TOKEN, Stack, StackFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -16,6 +18,24 @@ pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 @pytest.fixture
 async def webhook_sink() -> AsyncIterator[WebhookSink]:
     async with WebhookSink(seed=1234) as sink:
+        yield sink
+
+
+@pytest.fixture
+async def smtp_sink() -> AsyncIterator[SmtpSink]:
+    async with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def smtp_backup() -> AsyncIterator[SmtpSink]:
+    async with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def twilio_sink() -> AsyncIterator[TwilioSink]:
+    async with TwilioSink(SMS_SID, SMS_TOKEN) as sink:
         yield sink
 
 

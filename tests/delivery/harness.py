@@ -56,6 +56,42 @@ def webhook_channel(
     }
 
 
+SMS_SID = "AC" + "0" * 32
+SMS_TOKEN = "test-token-not-secret"
+
+
+def email_channel(*ports: int, **overrides: Any) -> dict[str, Any]:
+    """Email through SMTP sinks on these ports, in failover order."""
+    providers = [
+        {
+            "name": f"relay-{n}",
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "none",
+            "from_address": "dispatcher@example.org",
+            "timeout": 2.0,
+        }
+        for n, port in enumerate(ports, 1)
+    ]
+    return {**FAST, "enabled": True, "providers": providers, **overrides}
+
+
+def sms_channel(*base_urls: str, **overrides: Any) -> dict[str, Any]:
+    """SMS through Twilio-compatible sinks at these base URLs, in failover order."""
+    providers = [
+        {
+            "name": f"twilio-{n}",
+            "account_sid": SMS_SID,
+            "auth_token": SMS_TOKEN,
+            "from_number": "+15550009999",
+            "base_url": url,
+            "timeout": 2.0,
+        }
+        for n, url in enumerate(base_urls, 1)
+    ]
+    return {**FAST, "enabled": True, "providers": providers, **overrides}
+
+
 def event_to(*recipients: tuple[str, str], **overrides: Any) -> dict[str, Any]:
     """An event addressed to ``(channel, to)`` pairs."""
     return make_event(
