@@ -1,9 +1,18 @@
-"""``dispatcher demo``: the service in-process, sample crisis events, and where to look."""
+"""``dispatcher demo``: the whole service in-process against local sinks, and where to look.
+
+Three real local servers stand in for the providers: an SMTP server, a Twilio-compatible
+API (driven through the real twilio client) and a webhook receiver. One webhook endpoint of
+the demo answers 404, so one delivery is dead-lettered and shows how that looks.
+"""
 
 import asyncio
+import base64
 import json
+import os
 import time
 import uuid
+from contextlib import AsyncExitStack
+from http import HTTPStatus
 from typing import Any
 
 from rich.console import Console
@@ -11,9 +20,12 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.app import IngestService, build_engine
+from dispatcher.app import IngestService, build_delivery, build_engine
 from dispatcher.publisher import Publisher
 from dispatcher.settings import Settings
+from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.sinks.twilio import TwilioSink
+from dispatcher.sinks.webhook import WebhookSink
 from dispatcher.testing import make_event
 
 DEMO_RULES: list[dict[str, Any]] = [
@@ -28,29 +40,68 @@ DEMO_RULES: list[dict[str, Any]] = [
         ],
     }
 ]
-DEMO_WEBHOOKS = {
-    "webhook": {
-        "endpoints": {"safety-monitor": {"url": "https://safety-monitor.invalid/hooks"}}
+#: The demo's Twilio stub account: it exists only inside this process.
+DEMO_SID = "AC" + "d" * 32
+FINAL = ("delivered", "dead")
+
+
+def demo_channels(
+    smtp: SmtpSink, twilio: TwilioSink, webhook: WebhookSink, token: str
+) -> dict[str, Any]:
+    """Channel configuration pointing at the local sinks."""
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    return {
+        "email": {
+            "enabled": True,
+            "providers": [
+                {
+                    "name": "local-smtp",
+                    "host": "127.0.0.1",
+                    "port": smtp.port,
+                    "tls": "none",
+                    "from_address": "dispatcher@example.org",
+                }
+            ],
+        },
+        "sms": {
+            "enabled": True,
+            "providers": [
+                {
+                    "name": "local-twilio",
+                    "account_sid": DEMO_SID,
+                    "auth_token": token,
+                    "from_number": "+15550009999",
+                    "base_url": twilio.base_url,
+                }
+            ],
+        },
+        "webhook": {
+            "allow_http": True,
+            "allow_private_networks": ["127.0.0.0/8"],
+            "endpoints": {
+                "safety-monitor": {
+                    "url": webhook.url("/safety-monitor"),
+                    "secrets": [secret],
+                },
+                "legacy-case-system": {
+                    "url": webhook.url("/legacy-case-system"),
+                    "secrets": [secret],
+                },
+            },
+        },
     }
-}
 
 
-def demo_settings(settings: Settings) -> Settings:
-    """The user's settings plus the demo's routing rule and webhook endpoint, when unset."""
-    updates: dict[str, Any] = {}
+def demo_settings(settings: Settings, channels: dict[str, Any]) -> Settings:
+    """The user's settings with the demo's routing rule and the local sinks as providers."""
+    updates: dict[str, Any] = {"channels": channels}
     if not settings.routing:
         updates["routing"] = DEMO_RULES
-    if not settings.channels.webhook.endpoints:
-        updates["channels"] = {**settings.channels.model_dump(), **DEMO_WEBHOOKS}
-    return (
-        Settings.model_validate({**settings.model_dump(mode="python"), **updates})
-        if updates
-        else settings
-    )
+    return Settings.model_validate({**settings.model_dump(mode="python"), **updates})
 
 
 def sample_messages(count: int) -> list[tuple[bytes, str]]:
-    """Crisis events of every severity, one republished, one malformed."""
+    """Crisis events of every severity, one republished, one for a retired endpoint, one malformed."""
     severities = ["critical", "high", "medium", "low", "info"]
     events = [
         make_event(
@@ -63,10 +114,13 @@ def sample_messages(count: int) -> list[tuple[bytes, str]]:
         )
         for n in range(count)
     ]
-    messages = [(json.dumps(e).encode(), e["type"]) for e in events]
-    messages.append(
-        (json.dumps(events[0]).encode(), events[0]["type"])
-    )  # a duplicate publish
+    retired = make_event(
+        type="case.updated",
+        severity="medium",
+        recipients=[{"channel": "webhook", "to": "legacy-case-system"}],
+    )
+    messages = [(json.dumps(e).encode(), e["type"]) for e in [*events, retired]]
+    messages.append((json.dumps(events[0]).encode(), events[0]["type"]))  # a duplicate
     messages.append(
         (
             b'{"schema_version": 1, "type": "crisis.detected", "severity": "urgent"}',
@@ -77,26 +131,49 @@ def sample_messages(count: int) -> list[tuple[bytes, str]]:
 
 
 async def run_demo(settings: Settings, *, events: int = 6) -> None:
-    console = Console()
-    settings = demo_settings(settings)
-    engine = build_engine(settings, "dispatcher-demo")
-    service = IngestService(settings, engine)
-    await service.start()
-    try:
+    console = Console(width=max(Console().width, 130))
+    token = base64.b16encode(os.urandom(16)).decode()
+    async with AsyncExitStack() as stack:
+        smtp = await stack.enter_async_context(SmtpSink())
+        twilio = await stack.enter_async_context(TwilioSink(DEMO_SID, token))
+        webhook = await stack.enter_async_context(WebhookSink())
+        webhook.respond("/legacy-case-system", 404)  # retired: a permanent refusal
+        settings = demo_settings(settings, demo_channels(smtp, twilio, webhook, token))
+        engine = build_engine(settings, "dispatcher-demo")
+        stack.push_async_callback(engine.dispose)
+        ingest = IngestService(settings, engine)
+        delivery = build_delivery(settings, engine)
+        await ingest.start()
+        stack.push_async_callback(ingest.stop)
+        await delivery.start()
+        stack.push_async_callback(delivery.stop)
+
         since = await _now(engine)
         messages = sample_messages(events)
         async with Publisher(
             settings.amqp_url.get_secret_value(), settings.exchange
-        ) as publisher:
-            await publisher.publish_many((body, key, None) for body, key in messages)
+        ) as pub:
+            await pub.publish_many((body, key, None) for body, key in messages)
         console.print(
             f"published {len(messages)} messages to exchange [bold]{settings.exchange}[/]"
         )
-        await _wait_stored(engine, since, events + 1)
+        await _wait_final(engine, since)
         await _show(console, engine, since)
-    finally:
-        await service.stop()
-        await engine.dispose()
+        console.print(
+            f"\nlocal sinks received: {len(smtp.received)} emails, "
+            f"{len(twilio.received)} SMS, "
+            f"{sum(1 for r in webhook.requests() if r.status == HTTPStatus.OK)} webhooks "
+            f"({sum(1 for r in webhook.requests() if r.status == HTTPStatus.NOT_FOUND)} refused with 404)"
+        )
+        for mail in smtp.received[:3]:
+            console.print(f"  email Message-ID {mail.message_id}")
+        for sms in twilio.received[:3]:
+            console.print(f"  SMS {sms.sid}")
+        for request in webhook.requests()[:3]:
+            console.print(
+                f"  webhook {request.path} webhook-id {request.webhook_id} -> {request.status}"
+            )
+        _where_to_look(console)
 
 
 async def _now(engine: AsyncEngine) -> Any:
@@ -104,29 +181,30 @@ async def _now(engine: AsyncEngine) -> Any:
         return (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
 
 
-async def _wait_stored(
-    engine: AsyncEngine, since: Any, expected: int, within: float = 30.0
-) -> None:
+async def _wait_final(engine: AsyncEngine, since: Any, within: float = 30.0) -> None:
+    """Until every delivery of the demo's events is delivered or dead (or time is up)."""
     deadline = time.monotonic() + within
     sql = text(
-        "SELECT (SELECT count(*) FROM events WHERE received_at >= :t)"
-        " + (SELECT count(*) FROM rejected_messages WHERE received_at >= :t)"
+        "SELECT count(*) FILTER (WHERE d.status NOT IN ('delivered', 'dead')), count(*)"
+        " FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.received_at >= :t"
     )
     while time.monotonic() < deadline:
         async with engine.connect() as conn:
-            if (await conn.execute(sql, {"t": since})).scalar_one() >= expected:
-                return
+            open_, total = (await conn.execute(sql, {"t": since})).one()
+        if total and not open_:
+            return
         await asyncio.sleep(0.1)
 
 
 async def _show(console: Console, engine: AsyncEngine, since: Any) -> None:
     async with engine.connect() as conn:
-        events = (
+        deliveries = (
             await conn.execute(
                 text(
-                    "SELECT e.id, e.type, e.severity, e.delivery_count, count(d.id) FILTER (WHERE d.status = 'pending') AS pending"
-                    " FROM events e LEFT JOIN deliveries d ON d.event_id = e.id WHERE e.received_at >= :t"
-                    " GROUP BY e.id ORDER BY e.received_at, e.id"
+                    "SELECT e.id AS event_id, e.type, e.severity, d.channel, d.status,"
+                    " d.attempts, d.last_error_class"
+                    " FROM events e LEFT JOIN deliveries d ON d.event_id = e.id"
+                    " WHERE e.received_at >= :t ORDER BY e.received_at, e.id, d.channel"
                 ),
                 {"t": since},
             )
@@ -134,7 +212,8 @@ async def _show(console: Console, engine: AsyncEngine, since: Any) -> None:
         audit = (
             await conn.execute(
                 text(
-                    "SELECT kind, count(*) FROM audit_log WHERE at >= :t GROUP BY kind ORDER BY kind"
+                    "SELECT kind, count(*) FROM audit_log WHERE at >= :t"
+                    " GROUP BY kind ORDER BY kind"
                 ),
                 {"t": since},
             )
@@ -142,21 +221,34 @@ async def _show(console: Console, engine: AsyncEngine, since: Any) -> None:
         rejected = (
             await conn.execute(
                 text(
-                    "SELECT id, reason, message FROM rejected_messages WHERE received_at >= :t ORDER BY id"
+                    "SELECT id, reason, message FROM rejected_messages"
+                    " WHERE received_at >= :t ORDER BY id"
                 ),
                 {"t": since},
             )
         ).all()
-    table = Table(title="events stored (table events, outbox table deliveries)")
-    for column in ("event_id", "type", "severity", "deliveries", "pending"):
+    table = Table(title="events and their deliveries (tables events, deliveries)")
+    for column in (
+        "event_id",
+        "type",
+        "severity",
+        "channel",
+        "status",
+        "attempts",
+        "error",
+    ):
         table.add_column(column)
-    for row in events:
+    for row in deliveries:
+        style = "red" if row.status == "dead" else None
         table.add_row(
-            str(row.id),
+            str(row.event_id)[:8],
             row.type,
             row.severity,
-            str(row.delivery_count),
-            str(row.pending),
+            row.channel or "(no recipient)",
+            row.status or "",
+            str(row.attempts or ""),
+            row.last_error_class or "",
+            style=style,
         )
     console.print(table)
     console.print("audit_log: " + ", ".join(f"{kind} x{n}" for kind, n in audit))
@@ -164,11 +256,19 @@ async def _show(console: Console, engine: AsyncEngine, since: Any) -> None:
         console.print(
             f"rejected_messages #{row.id}: [bold]{row.reason}[/] ({row.message})"
         )
+
+
+def _where_to_look(console: Console) -> None:
     console.print(
         "\nwhere to look:\n"
+        "  dispatcher status                      deliveries per channel and status, breakers\n"
         "  psql \"$DISPATCHER_DATABASE_URL\" (drop '+asyncpg') then:\n"
-        "    SELECT id, type, severity, received_at FROM events ORDER BY received_at DESC LIMIT 10;\n"
-        "    SELECT channel, status, attempts, next_attempt_at FROM deliveries ORDER BY created_at DESC LIMIT 10;\n"
-        "    SELECT kind, event_id, detail FROM audit_log ORDER BY id DESC LIMIT 10;\n"
-        "    SELECT reason, message FROM rejected_messages ORDER BY id DESC LIMIT 10;"
+        "    SELECT channel, status, attempts, last_error_class FROM deliveries"
+        " ORDER BY created_at DESC LIMIT 10;\n"
+        "    SELECT delivery_id, attempt, provider, outcome, error_class, provider_code,"
+        " latency_ms FROM delivery_attempts ORDER BY id DESC LIMIT 10;\n"
+        "    SELECT channel, last_error_class, dead_at FROM deliveries WHERE status = 'dead';"
+        "   -- the dead-letter queue\n"
+        "    SELECT kind, event_id, delivery_id, detail FROM audit_log ORDER BY id DESC LIMIT 10;\n"
+        "  RabbitMQ queue <prefix>.dlq.webhook holds the dead letter's ids for broker tooling."
     )

@@ -11,7 +11,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
@@ -120,8 +120,8 @@ class WebhookSink:
         )
         await self._site.start()
         if self._port == 0:
-            server = self._site._server  # noqa: SLF001 - aiohttp has no public getter
-            assert isinstance(server, asyncio.Server)  # noqa: S101
+            # aiohttp has no public getter; the server is asyncio's or uvloop's.
+            server: Any = self._site._server  # noqa: SLF001
             self._port = server.sockets[0].getsockname()[1]
 
     # -- faults ---------------------------------------------------------------------
