@@ -4,6 +4,9 @@ Validated once at start-up; an invalid value fails with a message that names the
 never the value. Nothing else in the package reads ``os.environ``.
 """
 
+import os
+import re
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +43,42 @@ class IngestSettings(BaseModel):
     delivery_limit: int = Field(default=20, ge=1, le=1000)
     #: Cap of the backoff between retries of a batch while PostgreSQL is unreachable.
     storage_retry_max_delay: float = Field(default=5.0, gt=0, le=60)
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class InterpolatedYamlSource(YamlConfigSettingsSource):
+    """The YAML file, with ``${NAME}`` in any string replaced by the environment's value.
+
+    Secrets stay in the environment while the file says where they go, e.g.
+    ``auth_token: ${TWILIO_AUTH_TOKEN}``. A reference to an unset variable is an error that
+    names the variable.
+    """
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data: dict[str, Any] = _interpolate(super()._read_file(file_path))
+        return data
+
+
+def _interpolate(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV_REFERENCE.sub(_lookup, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v) for v in value]
+    return value
+
+
+def _lookup(match: re.Match[str]) -> str:
+    name = match.group(1)
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise ConfigError(
+            f"the configuration file refers to ${{{name}}}, which is not set"
+        ) from None
 
 
 class Settings(BaseSettings):
@@ -81,7 +120,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            YamlConfigSettingsSource(settings_cls),
+            InterpolatedYamlSource(settings_cls),
             file_secret_settings,
         )
 
@@ -109,6 +148,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except ConfigError:
+        raise
     except (
         OSError,
         ValueError,

@@ -107,3 +107,24 @@ def test_deploy_example_config_is_valid() -> None:
     example = Path(__file__).parents[2] / "deploy" / "config.example.yaml"
     settings = load_settings(example)
     assert settings.routing[0].name == "crisis-critical"
+
+
+def test_yaml_refers_to_secrets_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``${NAME}`` in the file is filled from the environment; the file holds no secret."""
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", SECRET)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "channels:\n  sms:\n    enabled: true\n    providers:\n"
+        "      - name: primary\n        account_sid: AC" + "0" * 32 + "\n"
+        "        auth_token: ${TEST_TWILIO_TOKEN}\n        from_number: '+15550001111'\n"
+    )
+    settings = load_settings(config)
+    (provider,) = settings.channels.sms.providers
+    assert provider.auth_token.get_secret_value() == SECRET
+    assert SECRET not in repr(settings)
+
+    monkeypatch.delenv("TEST_TWILIO_TOKEN")
+    with pytest.raises(ConfigError, match=r"\$\{TEST_TWILIO_TOKEN\}, which is not set"):
+        load_settings(config)
