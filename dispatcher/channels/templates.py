@@ -125,7 +125,10 @@ def variables(message: OutboundMessage) -> dict[str, str]:
         "delivery_id": str(message.delivery_id),
         "correlation_id": message.correlation_id or "",
     }
-    for path, value in _flatten(message.data, ("data",)):
+    flat = _flatten(message.data, ("data",))
+    # Every data field on its own line, for a body that shows the whole alert.
+    values["data_lines"] = "\n".join(f"{'.'.join(p[1:])}: {v}" for p, v in flat)
+    for path, value in flat:
         values[".".join(path)] = value
         values["_".join(path)] = value
     return values

@@ -102,11 +102,21 @@ def test_unparsable_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_settings(config)
 
 
-def test_deploy_example_config_is_valid() -> None:
-    """The example configuration shipped in deploy/ validates."""
+def test_deploy_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example configuration shipped in deploy/ validates, secrets from the environment."""
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", SECRET)
+    monkeypatch.setenv("SAFETY_MONITOR_WEBHOOK_SECRET", "whsec_" + "A" * 32)
     example = Path(__file__).parents[2] / "deploy" / "config.example.yaml"
     settings = load_settings(example)
     assert settings.routing[0].name == "crisis-critical"
+    assert [p.name for p in settings.channels.email.providers] == ["mailpit"]
+    assert settings.channels.webhook.endpoints["safety-monitor"].secrets
+    assert (
+        SECRET
+        not in (
+            Path(__file__).parents[2] / "deploy" / "config.example.yaml"
+        ).read_text()
+    )
 
 
 def test_yaml_refers_to_secrets_in_the_environment(

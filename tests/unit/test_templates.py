@@ -228,3 +228,13 @@ def test_config_rejects_bad_templates() -> None:
         EmailChannelConfig(templates={"crisis.*": {"subject": "$oops", "body": "b"}})
     with pytest.raises(ValidationError, match="template"):
         SmsChannelConfig(template="$5")
+
+
+def test_data_lines_lists_every_data_field() -> None:
+    """``$data_lines`` is the whole alert, one field per line, for bodies that show it all."""
+    message = _message(data={"score": 0.9, "geo": {"region": "north"}})
+    assert variables(message)["data_lines"] == "score: 0.9\ngeo.region: north"
+    assert (
+        render("Alert:\n$data_lines", message)
+        == "Alert:\nscore: 0.9\ngeo.region: north"
+    )
