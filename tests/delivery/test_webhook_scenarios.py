@@ -240,3 +240,31 @@ async def test_critical_deliveries_do_not_wait_behind_a_low_severity_backlog(
         )
     assert row.status == "delivered"
     assert low[0].n > 4000  # the backlog was nowhere near drained
+
+
+async def test_a_scheduled_retry_survives_a_restart(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """Retries are rows: a replica that stops with a retry scheduled loses nothing."""
+    webhook_sink.respond("/crisis-line", 503)
+    slow_retry = {
+        "max_attempts": 5,
+        "base_delay": 2.0,
+        "max_delay": 2.0,
+        "max_age": 600,
+    }
+    config = channels(webhook_sink, retry=slow_retry)
+    async with stack(channels=config) as s:
+        (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
+        (row,) = await s.wait_for(
+            lambda rows: rows[0].status == "pending" and rows[0].attempts == 1,
+            event_ids=[event_id],
+            what="first attempt failed and a retry scheduled",
+        )
+    # Stopped with the retry still ahead; the provider recovers meanwhile.
+    webhook_sink.clear("/crisis-line")
+    async with stack(channels=config) as s:
+        (row,) = await s.wait_final([event_id], count=1)
+        first, second = await s.attempts(row.id)
+    assert (row.status, row.attempts) == ("delivered", 2)
+    assert (first.outcome, second.outcome) == ("failed", "delivered")
