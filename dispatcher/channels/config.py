@@ -116,6 +116,7 @@ class WebhookChannelConfig(ChannelDelivery):
         default_factory=list
     )
     concurrency: int = Field(default=32, ge=1, le=1024)
+    max_inflight_per_recipient: int | None = Field(default=8, ge=1)
     deadline_seconds: float = Field(default=10.0, gt=0, le=300)
     connect_timeout: float = Field(default=5.0, gt=0, le=60)
     max_response_bytes: int = Field(default=65_536, ge=0, le=1_048_576)

@@ -31,6 +31,9 @@ class ChannelDelivery(BaseModel):
     concurrency: int = Field(default=16, ge=1, le=1024)
     #: Slots of ``concurrency`` that only critical deliveries may take.
     critical_reserve: int = Field(default=2, ge=0)
+    #: Attempts in flight to one recipient at once (webhooks: one endpoint); None: no cap.
+    #: A hanging endpoint then holds only these slots, never the whole channel's.
+    max_inflight_per_recipient: int | None = Field(default=None, ge=1)
     #: One overall deadline per provider try, whatever the protocol's per-phase timeouts.
     deadline_seconds: float = Field(default=30.0, gt=0, le=600)
     #: How long a claim holds a delivery; longer than the attempt deadline.

@@ -8,7 +8,9 @@ wait for a free slot.
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +23,7 @@ from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind, Severity
-from dispatcher.outbox.store import Claimed, claim
+from dispatcher.outbox.store import Claimed, Outcome, claim
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -53,7 +55,9 @@ class ChannelWorker:
         self._wakeup = wakeup
         self._owner = owner
         self._rand = rand
-        self._inflight: dict[asyncio.Task[None], int] = {}
+        #: Task -> (priority, recipient) of the delivery it attempts.
+        self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
+        self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -126,6 +130,10 @@ class ChannelWorker:
         limit, max_priority = (
             (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
         )
+        cap = self._settings.max_inflight_per_recipient
+        blocked = self._providers.blocked_recipients()
+        if cap is not None:
+            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
         with wrap_db_errors():
             async with self._engine.begin() as conn:
                 rows = await claim(
@@ -134,20 +142,37 @@ class ChannelWorker:
                     limit=limit,
                     lease_seconds=self._settings.lease_seconds,
                     owner=self._owner,
-                    blocked=self._providers.blocked_recipients(),
+                    blocked=blocked,
                     max_priority=max_priority,
                 )
         for row in rows:
+            if cap is not None and self._per_recipient[row.recipient] >= cap:
+                # One claim can return more rows for a recipient than its cap allows:
+                # give those back at once, without counting an attempt.
+                self._recorder.add(
+                    Outcome(
+                        row.id,
+                        row.lease_token,
+                        DeliveryStatus.PENDING,
+                        next_attempt_at=datetime.now(UTC),
+                        refund=1,
+                    )
+                )
+                continue
             task = asyncio.create_task(self._attempt(row))
-            self._inflight[task] = row.priority
+            self._inflight[task] = (row.priority, row.recipient)
+            self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
         return len(rows), len(rows) == limit
 
     def _general_inflight(self) -> int:
-        return sum(1 for p in self._inflight.values() if p > _CRITICAL)
+        return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        _, recipient = self._inflight.pop(task, (0, ""))
+        self._per_recipient[recipient] -= 1
+        if self._per_recipient[recipient] <= 0:
+            del self._per_recipient[recipient]
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error(

@@ -1,5 +1,6 @@
 """Webhook delivery end to end: broker -> ingest -> outbox -> worker -> a real HTTP server."""
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -268,3 +269,33 @@ async def test_a_scheduled_retry_survives_a_restart(
         first, second = await s.attempts(row.id)
     assert (row.status, row.attempts) == ("delivered", 2)
     assert (first.outcome, second.outcome) == ("failed", "delivered")
+
+
+async def test_a_hanging_endpoint_holds_only_its_own_slots(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """20 deliveries queued for a hanging endpoint cannot take every slot of the channel."""
+    webhook_sink.hang("/case-system")
+    config = channels(
+        webhook_sink,
+        concurrency=10,
+        critical_reserve=0,
+        max_inflight_per_recipient=4,
+        deadline_seconds=3.0,
+    )
+    async with stack(channels=config) as s:
+        stuck = await s.publish(
+            *(event_to(("webhook", "case-system")) for _ in range(20))
+        )
+        async with asyncio.timeout(10):
+            await webhook_sink.wait_for(4, "/case-system")
+        healthy = await s.publish(
+            *(event_to(("webhook", "crisis-line")) for _ in range(5))
+        )
+        rows = await s.wait_final(healthy, count=5, timeout=20)
+        hung = await s.deliveries(stuck)
+    assert {r.status for r in rows} == {"delivered"}
+    # Every healthy delivery finished before the first hanging attempt reached its deadline,
+    # and never more than the cap of the hanging endpoint's requests were open at once.
+    assert not any(r.last_error_class == "timeout" for r in hung)
+    assert len(webhook_sink.requests("/case-system")) == 4
