@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import ssl
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from dispatcher.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.testing import make_message
 
 CANARY = "canary-pii-7d2e@example.org"
 
@@ -30,18 +30,7 @@ MakeChannel = Callable[..., SmtpChannel]
 
 
 def _message(**overrides: Any) -> OutboundMessage:
-    values: dict[str, Any] = {
-        "delivery_id": uuid.uuid4(),
-        "event_id": uuid.uuid4(),
-        "event_type": "crisis.detected",
-        "severity": Severity.CRITICAL,
-        "occurred_at": "2025-03-01T12:00:00+00:00",
-        "subject_id": "person-42",
-        "recipient": CANARY,
-        "data": {"score": 0.97},
-    }
-    values.update(overrides)
-    return OutboundMessage(**values)
+    return make_message(**{"recipient": CANARY, **overrides})
 
 
 async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:

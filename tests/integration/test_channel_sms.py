@@ -16,8 +16,9 @@ from dispatcher.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.twilio import TwilioSink
+from dispatcher.testing import make_message
 
 SID = "AC" + uuid.uuid4().hex
 TOKEN = "tok_canary_" + uuid.uuid4().hex
@@ -28,18 +29,7 @@ MakeChannel = Callable[..., TwilioChannel]
 
 
 def _message(**overrides: Any) -> OutboundMessage:
-    values: dict[str, Any] = {
-        "delivery_id": uuid.uuid4(),
-        "event_id": uuid.uuid4(),
-        "event_type": "crisis.detected",
-        "severity": Severity.CRITICAL,
-        "occurred_at": "2025-03-01T12:00:00+00:00",
-        "subject_id": "person-42",
-        "recipient": CANARY,
-        "data": {"score": 0.97},
-    }
-    values.update(overrides)
-    return OutboundMessage(**values)
+    return make_message(**{"recipient": CANARY, **overrides})
 
 
 @pytest.fixture

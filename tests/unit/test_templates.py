@@ -1,6 +1,5 @@
 """Template selection and rendering: variables, defaults, errors as permanent deliveries."""
 
-import uuid
 from typing import Any
 
 import pytest
@@ -21,23 +20,16 @@ from dispatcher.channels.templates import (
     variables,
 )
 from dispatcher.errors import ErrorClass, PermanentDeliveryError
-from dispatcher.events.kinds import Severity
+from dispatcher.testing import make_message
 
 
 def _message(**overrides: Any) -> OutboundMessage:
     values: dict[str, Any] = {
-        "delivery_id": uuid.uuid4(),
-        "event_id": uuid.uuid4(),
-        "event_type": "crisis.detected",
-        "severity": Severity.CRITICAL,
-        "occurred_at": "2025-03-01T12:00:00+00:00",
-        "subject_id": "person-42",
         "recipient": "canary-pii@example.org",
         "data": {"score": 0.97, "signal": "self-harm-language"},
         "correlation_id": "corr-7",
     }
-    values.update(overrides)
-    return OutboundMessage(**values)
+    return make_message(**{**values, **overrides})
 
 
 def test_variables_envelope_and_data() -> None:
