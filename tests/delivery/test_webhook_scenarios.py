@@ -7,6 +7,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from dispatcher.sinks.webhook import WebhookSink
@@ -299,3 +300,44 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
     # and never more than the cap of the hanging endpoint's requests were open at once.
     assert not any(r.last_error_class == "timeout" for r in hung)
     assert len(webhook_sink.requests("/case-system")) == 4
+
+
+async def test_new_deliveries_wake_the_worker_through_listen_notify(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """With a 30 s sweep, only the ingest commit's NOTIFY can start the send promptly."""
+    config = channels(webhook_sink, poll_interval=30.0)
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        await asyncio.sleep(0.5)  # the worker's first sweep is over; it now waits 30 s
+        (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
+        (row,) = await s.wait_final([event_id], count=1, timeout=10)
+    assert row.status == "delivered"
+
+
+async def test_the_sweep_finds_deliveries_no_notification_announced(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """A delivery made due without NOTIFY (here: a stored retry time passing) is swept."""
+    config = channels(webhook_sink, poll_interval=0.3)
+    async with stack(channels=config) as s:
+        await asyncio.sleep(0.5)
+        (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
+        await s.wait_final([event_id], count=1)
+        # Put it back as if a retry were scheduled 1 s ahead: nothing will notify for it.
+        async with s.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE deliveries SET status = 'pending',"
+                    " next_attempt_at = now() + interval '1 second'"
+                )
+            )
+        rows = await s.wait_for(
+            lambda rows: rows[0].status == "delivered" and rows[0].attempts == 2,
+            event_ids=[event_id],
+            what="the swept retry delivered",
+        )
+    assert len(webhook_sink.requests("/crisis-line")) == 2
+    assert rows[0].delivered_at is not None
