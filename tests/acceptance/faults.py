@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -69,11 +70,13 @@ class PrivatePostgres:
 class Dispatcher:
     """`python -m dispatcher serve` as a subprocess, its stderr kept in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, command: Sequence[str] = ("serve",)
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "serve"],
+            [sys.executable, "-m", "dispatcher", *command],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=self._log,

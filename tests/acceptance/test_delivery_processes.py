@@ -1,7 +1,10 @@
 """Delivery across real processes: two replicas on one stream, and a replica killed mid-send."""
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +121,76 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
     duplicates = set(sink.duplicates())
     # Only sends that were under way when the replica died may repeat: the documented window.
     assert duplicates <= before_kill
+
+
+async def test_ingest_and_one_channel_run_as_separate_processes(
+    make_settings: Callable[..., Any],
+    database: str,
+    engine: AsyncEngine,
+    names: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """`serve --ingest-only` stores; `worker --channel webhook` delivers webhooks only."""
+    async with WebhookSink() as sink:
+        config = yaml.safe_load(write_config(tmp_path / "c.yaml", sink).read_text())
+        config["channels"]["email"] = {
+            "enabled": True,
+            "providers": [
+                {
+                    "name": "relay",
+                    "host": "127.0.0.1",
+                    "port": 9,
+                    "tls": "none",
+                    "from_address": "dispatcher@example.org",
+                }
+            ],
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**env_for(names, database), "DISPATCHER_CONFIG": str(path)}
+        processes = [
+            Dispatcher(env, tmp_path / "ingest.log", ["serve", "--ingest-only"]),
+            Dispatcher(
+                env, tmp_path / "worker.log", ["worker", "--channel", "webhook"]
+            ),
+        ]
+        try:
+            for process in processes:
+                process.wait_ready()
+            events = [
+                event_to(("webhook", "crisis-line"), ("email", "team@example.org"))
+                for _ in range(5)
+            ]
+            await Stack(make_settings(database), engine, deliver=False).publish(*events)
+            assert await wait_delivered(engine, 5, timeout=30) == 5
+            await asyncio.sleep(1.0)
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT channel, status, attempts FROM deliveries ORDER BY channel"
+                        )
+                    )
+                ).all()
+        finally:
+            for process in processes:
+                process.close()
+    assert {tuple(r) for r in rows} == {
+        ("email", "pending", 0),
+        ("webhook", "delivered", 1),
+    }
+    assert "dispatcher.ingest.started" not in (tmp_path / "worker.log").read_text()
+
+    status = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "status"],
+        env={**os.environ, **env_for(names, database)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [
+        " ".join(line.replace("│", " ").split()) for line in status.stdout.splitlines()
+    ]
+    assert any(line.startswith("webhook delivered 5") for line in lines), status.stdout
+    assert any(line.startswith("email pending 5") for line in lines), status.stdout
