@@ -3,8 +3,12 @@
 import pytest
 from pydantic import ValidationError
 
+from dispatcher.app import build_providers
+from dispatcher.channels.email import EmailChannelConfig
 from dispatcher.delivery.config import CRITICAL_RETRY, ChannelDelivery
-from dispatcher.events.kinds import Severity
+from dispatcher.errors import ConfigError
+from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.resilience.breaker import BreakerState
 from dispatcher.resilience.retry import RetryPolicy
 
 
@@ -35,3 +39,26 @@ def test_the_lease_must_outlive_the_attempt_deadline() -> None:
 def test_unknown_keys_are_refused() -> None:
     with pytest.raises(ValidationError):
         ChannelDelivery.model_validate({"retries": 3})
+
+
+def test_a_lease_shorter_than_a_full_failover_attempt_is_refused() -> None:
+    """Failover tries every relay in one attempt: the lease must cover all their deadlines."""
+    relays = [
+        {
+            "name": f"relay-{n}",
+            "host": "127.0.0.1",
+            "tls": "none",
+            "from_address": "d@example.org",
+        }
+        for n in range(3)
+    ]
+    config = EmailChannelConfig(
+        enabled=True, providers=relays, deadline_seconds=30, lease_seconds=60
+    )
+
+    def hook(name: str, old: BreakerState, new: BreakerState, reason: str) -> None: ...
+
+    with pytest.raises(ConfigError, match="deadline_seconds x 3 providers"):
+        build_providers(ChannelKind.EMAIL, config, hook)
+    ok = config.model_copy(update={"lease_seconds": 91})
+    assert len(build_providers(ChannelKind.EMAIL, ok, hook).breakers()) == 3
