@@ -2,7 +2,9 @@
 ``batch_max``), stores them in one transaction and hands them to ``on_commit`` (the acker).
 
 No timer: an idle writer takes a lone message at once (low latency), a busy one finds a
-full batch waiting when it comes back (high throughput).
+full batch waiting when it comes back (high throughput). Producers ``put`` without waiting;
+the queue is bounded by the broker's prefetch window, since nothing is acked before its
+commit.
 """
 
 import asyncio
@@ -29,7 +31,8 @@ T = TypeVar("T")
 class _Entry(Generic[T]):
     item: Incoming
     token: T
-    done: asyncio.Future[None]
+    #: Set after commit and ``on_commit`` for ``submit``; None for ``put``.
+    done: asyncio.Future[None] | None = None
 
 
 class Batcher(Generic[T]):
@@ -82,6 +85,11 @@ class Batcher(Generic[T]):
             )
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def put(self, item: Incoming, token: T) -> None:
+        """Queue one message; ``on_commit`` receives its token once it is committed."""
+        self._queue.append(_Entry(item, token))
+        self._wakeup.set()
+
     async def submit(self, item: Incoming, token: T) -> None:
         """Queue one message; returns once it is committed (and handed to ``on_commit``)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -106,7 +114,7 @@ class Batcher(Generic[T]):
                 await self._on_commit([e.token for e in batch])
             finally:
                 for entry in batch:
-                    if not entry.done.done():
+                    if entry.done is not None and not entry.done.done():
                         entry.done.set_result(None)
 
     async def _store(self, batch: Sequence[_Entry[T]]) -> None:
