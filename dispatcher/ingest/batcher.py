@@ -8,13 +8,14 @@ commit.
 """
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
@@ -33,6 +34,35 @@ class _Entry(Generic[T]):
     token: T
     #: Set after commit and ``on_commit`` for ``submit``; None for ``put``.
     done: asyncio.Future[None] | None = None
+
+
+class _Link:
+    """One writer's connection, checked out once and kept across batches (no checkout and
+    pre-ping per batch). After PostgreSQL fails it is invalidated, and the next batch
+    opens a new one, so a restarted server is picked up."""
+
+    __slots__ = ("_conn", "_driver", "_engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+
+    async def driver(self) -> Any:
+        """The asyncpg connection (``persist_batch`` drives it directly)."""
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+            self._driver = (await self._conn.get_raw_connection()).driver_connection
+        return self._driver
+
+    async def close(self, *, broken: bool = False) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # already broken: the pool drops it
+            if broken:
+                await conn.invalidate()
+            await conn.close()
 
 
 class Batcher(Generic[T]):
@@ -98,6 +128,13 @@ class Batcher(Generic[T]):
         await asyncio.shield(done)
 
     async def _writer(self) -> None:
+        link = _Link(self._engine)
+        try:
+            await self._write_batches(link)
+        finally:
+            await link.close()
+
+    async def _write_batches(self, link: _Link) -> None:
         while True:
             if not self._queue:
                 if self._stopping:
@@ -109,7 +146,7 @@ class Batcher(Generic[T]):
                 self._queue.popleft()
                 for _ in range(min(self._batch_max, len(self._queue)))
             ]
-            await self._store(batch)
+            await self._store(batch, link)
             try:
                 await self._on_commit([e.token for e in batch])
             finally:
@@ -117,17 +154,17 @@ class Batcher(Generic[T]):
                     if entry.done is not None and not entry.done.done():
                         entry.done.set_result(None)
 
-    async def _store(self, batch: Sequence[_Entry[T]]) -> None:
+    async def _store(self, batch: Sequence[_Entry[T]], link: _Link) -> None:
         try:
-            await self._write_retrying([e.item for e in batch])
+            await self._write_retrying([e.item for e in batch], link)
         except StorageConflict:
             # One message PostgreSQL refuses must not fail the others: store them one by one.
             for entry in batch:
-                await self._store_alone(entry.item)
+                await self._store_alone(entry.item, link)
 
-    async def _store_alone(self, item: Incoming) -> None:
+    async def _store_alone(self, item: Incoming, link: _Link) -> None:
         try:
-            await self._write_retrying([item])
+            await self._write_retrying([item], link)
         except StorageConflict:
             log.error("dispatcher.ingest.storage_rejected", message_id=item.message_id)
             item.outcome = Rejection(
@@ -135,21 +172,23 @@ class Batcher(Generic[T]):
                 "PostgreSQL refused the event although it validated",
             )
             try:
-                await self._write_retrying([item])
+                await self._write_retrying([item], link)
             except StorageConflict:
                 item.headers = {}  # the last thing that could be refused; the body is bytea
-                await self._write_retrying([item])
+                await self._write_retrying([item], link)
 
-    async def _write_retrying(self, items: list[Incoming]) -> None:
+    async def _write_retrying(self, items: list[Incoming], link: _Link) -> None:
         delay = 0.1
         while True:
             try:
                 with wrap_db_errors():
-                    async with self._engine.begin() as conn:
+                    conn = await link.driver()
+                    async with conn.transaction():
                         result = await persist_batch(
                             conn, items, max_body_bytes=self._max_body
                         )
             except StorageUnavailable as exc:
+                await link.close(broken=True)
                 if self.storage_ok:
                     log.warning(
                         "dispatcher.ingest.storage_unavailable",
