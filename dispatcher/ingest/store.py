@@ -11,7 +11,6 @@ parameters for readability and is turned into asyncpg's ``$n`` form once, at imp
 
 import json
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,10 +78,11 @@ _WRITE_REST = _statement(
     """
     WITH deliveries_in AS (
         INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent)
-        SELECT * FROM unnest(CAST(:d_ids AS uuid[]), CAST(:d_events AS uuid[]),
-                             CAST(:d_channels AS text[]), CAST(:d_recipients AS text[]),
-                             CAST(:d_rules AS text[]), CAST(:d_priorities AS smallint[]),
-                             CAST(:d_traceparents AS text[]))
+        SELECT gen_random_uuid(), d.*
+        FROM unnest(CAST(:d_events AS uuid[]), CAST(:d_channels AS text[]),
+                    CAST(:d_recipients AS text[]), CAST(:d_rules AS text[]),
+                    CAST(:d_priorities AS smallint[]), CAST(:d_traceparents AS text[]))
+             AS d(event_id, channel, recipient, rule, priority, traceparent)
         RETURNING channel
     ), rejected_in AS (
         INSERT INTO rejected_messages (source, reason, message, body, body_size, headers,
@@ -162,7 +162,7 @@ async def persist_batch(
     rejects = _RejectedRows(max_body_bytes)
     for item, rejection in rejected:
         rejects.add(item, rejection)
-    if deliveries.ids or audit.kinds or rejects.reasons:
+    if deliveries.event_ids or audit.kinds or rejects.reasons:
         rest: dict[str, Any] = {
             **deliveries.params(),
             **rejects.params(),
@@ -172,7 +172,7 @@ async def persist_batch(
         await conn.fetch(_WRITE_REST.sql, *_WRITE_REST.args(rest))
     result.stored = len(inserted)
     result.rejected = len(rejected)
-    result.deliveries = len(deliveries.ids)
+    result.deliveries = len(deliveries.event_ids)
     return result
 
 
@@ -269,7 +269,6 @@ class _DeliveryRows:
     __slots__ = (
         "channels",
         "event_ids",
-        "ids",
         "priorities",
         "recipients",
         "rules",
@@ -277,7 +276,6 @@ class _DeliveryRows:
     )
 
     def __init__(self) -> None:
-        self.ids: list[UUID] = []
         self.event_ids: list[UUID] = []
         self.channels: list[str] = []
         self.recipients: list[str] = []
@@ -290,7 +288,6 @@ class _DeliveryRows:
         priority = event.severity.priority
         traceparent = item.traceparent
         for r in acc.routes:
-            self.ids.append(uuid.uuid4())
             self.event_ids.append(event.event_id)
             self.channels.append(r.channel.value)
             self.recipients.append(r.to)
@@ -300,7 +297,6 @@ class _DeliveryRows:
 
     def params(self) -> dict[str, list[Any]]:
         return {
-            "d_ids": self.ids,
             "d_events": self.event_ids,
             "d_channels": self.channels,
             "d_recipients": self.recipients,
