@@ -67,6 +67,8 @@ def wrap_db_errors() -> Iterator[None]:
         OSError,
         asyncpg.exceptions.PostgresConnectionError,
         asyncpg.exceptions.InterfaceError,
+        # seen when the server goes away mid-transaction on a connection driven directly
+        asyncpg.exceptions.InternalClientError,
     ) as exc:
         raise StorageUnavailable(f"PostgreSQL is unavailable ({_name(exc)})") from None
     except asyncpg.exceptions.PostgresError as exc:

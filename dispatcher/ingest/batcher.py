@@ -187,12 +187,22 @@ class Batcher(Generic[T]):
                         result = await persist_batch(
                             conn, items, max_body_bytes=self._max_body
                         )
-            except StorageUnavailable as exc:
+            except StorageConflict:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the batch is kept and retried, never dropped
                 await link.close(broken=True)
+                if not isinstance(exc, StorageUnavailable):
+                    # Not a translated driver error: a driver state or a bug. Retrying is
+                    # the only way not to lose the batch; say so loudly (type only: PII).
+                    log.error(
+                        "dispatcher.ingest.write_failed", error_type=type(exc).__name__
+                    )
                 if self.storage_ok:
                     log.warning(
                         "dispatcher.ingest.storage_unavailable",
-                        error=str(exc),
+                        error=str(exc)
+                        if isinstance(exc, StorageUnavailable)
+                        else type(exc).__name__,
                         waiting=len(items) + len(self._queue),
                     )
                     self.storage_ok = False
