@@ -126,8 +126,20 @@ async def fresh_database() -> str:
 
 async def drop_database(name: str) -> None:
     admin = await asyncpg.connect(dsn("postgres"))
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    try:
+        for attempt in range(30):
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except asyncpg.InsufficientPrivilegeError:
+                # An autovacuum worker (a superuser process) is in the database after the
+                # 40,000 inserts; FORCE may not terminate it as this role. It finishes soon.
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(1)
+            else:
+                return
+    finally:
+        await admin.close()
 
 
 async def run(
@@ -239,6 +251,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the drain (needs py-spy)"
     )
+    parser.add_argument(
+        "--kinds",
+        default="dispatcher,naive",
+        help="comma-separated consumers to measure (the ratio needs both)",
+    )
     args = parser.parse_args()
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +266,7 @@ def main() -> None:
         "events": args.events,
         "cpus": os.cpu_count(),
     }
-    for kind in ("dispatcher", "naive"):
+    for kind in args.kinds.split(","):
         report[kind] = asyncio.run(
             run(
                 kind,
@@ -260,13 +277,15 @@ def main() -> None:
             )
         )
         print(kind, json.dumps(report[kind], indent=1))
-    report["drain_ratio"] = (
-        report["dispatcher"]["drain_events_per_s"]
-        / report["naive"]["drain_events_per_s"]
-    )  # type: ignore[index]
-    out = results_dir / f"ingest-{datetime.now(UTC):%Y%m%d-%H%M}.json"
+    if "dispatcher" in report and "naive" in report:
+        report["drain_ratio"] = (
+            report["dispatcher"]["drain_events_per_s"]  # type: ignore[index]
+            / report["naive"]["drain_events_per_s"]  # type: ignore[index]
+        )
+        print(f"drain ratio {report['drain_ratio']:.2f}")
+    out = results_dir / f"ingest-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"drain ratio {report['drain_ratio']:.2f}; written to {out}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import signal
 from collections.abc import Collection, Sequence
 
 import structlog
-from aio_pika import IncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,11 +30,7 @@ from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.ingest.acker import Acker
 from dispatcher.ingest.batcher import Batcher
-from dispatcher.ingest.consumer import (
-    IngestRouter,
-    bind_extra_routing_keys,
-    declare_ingest,
-)
+from dispatcher.ingest.consumer import IngestConsumer, IngestRouter
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.settings import Settings
 
@@ -57,7 +53,7 @@ class IngestService:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.acker = Acker()
-        self.batcher: Batcher[IncomingMessage] = Batcher(
+        self.batcher: Batcher[AbstractIncomingMessage] = Batcher(
             engine,
             self.acker.committed,
             batch_max=settings.ingest.batch_max,
@@ -79,18 +75,19 @@ class IngestService:
             app_id="dispatcher",
             apply_types=False,  # handlers take the raw message: no per-message injection
         )
-        declare_ingest(self.broker, settings, self.router)
+        self.consumer = IngestConsumer(self.broker, settings, self.router)
 
     async def start(self) -> None:
         await self.batcher.start()
         await self.broker.start()
-        await bind_extra_routing_keys(self.broker, self.settings)
+        await self.consumer.start()
         log.info("dispatcher.ingest.started", queue_prefix=self.settings.queue_prefix)
 
     async def stop(self) -> None:
         """Stop consuming, let in-flight messages commit and be acked, then close."""
-        await self.broker.stop()
+        await self.consumer.stop_consuming()
         await self.batcher.stop()
+        await self.broker.stop()
         log.info(
             "dispatcher.ingest.stopped",
             stored=self.batcher.totals.stored,

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as InputDataError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -12,6 +13,7 @@ from dispatcher.errors import StorageConflict, StorageUnavailable
 #: asyncpg errors that mean "the data was refused": retrying the same data cannot help.
 _DATA_ERRORS = (
     asyncpg.exceptions.DataError,
+    InputDataError,  # a value asyncpg cannot encode (e.g. a lone surrogate)
     asyncpg.exceptions.IntegrityConstraintViolationError,
     asyncpg.exceptions.UntranslatableCharacterError,
 )
@@ -58,11 +60,15 @@ def wrap_db_errors() -> Iterator[None]:
         raise StorageUnavailable(
             f"PostgreSQL is unavailable ({_name(cause or exc)})"
         ) from None
+    except _DATA_ERRORS as exc:  # raised as is by code that drives asyncpg directly
+        raise StorageConflict(f"PostgreSQL refused the data ({_name(exc)})") from None
     except (
         TimeoutError,
         OSError,
         asyncpg.exceptions.PostgresConnectionError,
         asyncpg.exceptions.InterfaceError,
+        # seen when the server goes away mid-transaction on a connection driven directly
+        asyncpg.exceptions.InternalClientError,
     ) as exc:
         raise StorageUnavailable(f"PostgreSQL is unavailable ({_name(exc)})") from None
     except asyncpg.exceptions.PostgresError as exc:

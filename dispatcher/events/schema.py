@@ -8,7 +8,6 @@ import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -20,6 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from dispatcher.events.address import InvalidEmailError, normalize_email
 from dispatcher.events.kinds import ChannelKind, Severity
 
 SCHEMA_VERSION = 1
@@ -50,11 +50,9 @@ def check_recipient(channel: ChannelKind, to: str) -> str:
     """
     if channel is ChannelKind.EMAIL:
         try:
-            return validate_email(to, check_deliverability=False).normalized
-        except EmailNotValidError:
-            raise InvalidRecipientError(
-                "invalid_email", "not a valid email address"
-            ) from None
+            return normalize_email(to)
+        except InvalidEmailError as exc:
+            raise InvalidRecipientError("invalid_email", str(exc)) from None
     if channel is ChannelKind.SMS:
         if not _E164.fullmatch(to):
             raise InvalidRecipientError("invalid_phone", "not an E.164 phone number")

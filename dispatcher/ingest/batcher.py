@@ -2,17 +2,20 @@
 ``batch_max``), stores them in one transaction and hands them to ``on_commit`` (the acker).
 
 No timer: an idle writer takes a lone message at once (low latency), a busy one finds a
-full batch waiting when it comes back (high throughput).
+full batch waiting when it comes back (high throughput). Producers ``put`` without waiting;
+the queue is bounded by the broker's prefetch window, since nothing is acked before its
+commit.
 """
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
@@ -29,7 +32,37 @@ T = TypeVar("T")
 class _Entry(Generic[T]):
     item: Incoming
     token: T
-    done: asyncio.Future[None]
+    #: Set after commit and ``on_commit`` for ``submit``; None for ``put``.
+    done: asyncio.Future[None] | None = None
+
+
+class _Link:
+    """One writer's connection, checked out once and kept across batches (no checkout and
+    pre-ping per batch). After PostgreSQL fails it is invalidated, and the next batch
+    opens a new one, so a restarted server is picked up."""
+
+    __slots__ = ("_conn", "_driver", "_engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+
+    async def driver(self) -> Any:
+        """The asyncpg connection (``persist_batch`` drives it directly)."""
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+            self._driver = (await self._conn.get_raw_connection()).driver_connection
+        return self._driver
+
+    async def close(self, *, broken: bool = False) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # already broken: the pool drops it
+            if broken:
+                await conn.invalidate()
+            await conn.close()
 
 
 class Batcher(Generic[T]):
@@ -82,6 +115,11 @@ class Batcher(Generic[T]):
             )
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def put(self, item: Incoming, token: T) -> None:
+        """Queue one message; ``on_commit`` receives its token once it is committed."""
+        self._queue.append(_Entry(item, token))
+        self._wakeup.set()
+
     async def submit(self, item: Incoming, token: T) -> None:
         """Queue one message; returns once it is committed (and handed to ``on_commit``)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -90,6 +128,13 @@ class Batcher(Generic[T]):
         await asyncio.shield(done)
 
     async def _writer(self) -> None:
+        link = _Link(self._engine)
+        try:
+            await self._write_batches(link)
+        finally:
+            await link.close()
+
+    async def _write_batches(self, link: _Link) -> None:
         while True:
             if not self._queue:
                 if self._stopping:
@@ -101,25 +146,25 @@ class Batcher(Generic[T]):
                 self._queue.popleft()
                 for _ in range(min(self._batch_max, len(self._queue)))
             ]
-            await self._store(batch)
+            await self._store(batch, link)
             try:
                 await self._on_commit([e.token for e in batch])
             finally:
                 for entry in batch:
-                    if not entry.done.done():
+                    if entry.done is not None and not entry.done.done():
                         entry.done.set_result(None)
 
-    async def _store(self, batch: Sequence[_Entry[T]]) -> None:
+    async def _store(self, batch: Sequence[_Entry[T]], link: _Link) -> None:
         try:
-            await self._write_retrying([e.item for e in batch])
+            await self._write_retrying([e.item for e in batch], link)
         except StorageConflict:
             # One message PostgreSQL refuses must not fail the others: store them one by one.
             for entry in batch:
-                await self._store_alone(entry.item)
+                await self._store_alone(entry.item, link)
 
-    async def _store_alone(self, item: Incoming) -> None:
+    async def _store_alone(self, item: Incoming, link: _Link) -> None:
         try:
-            await self._write_retrying([item])
+            await self._write_retrying([item], link)
         except StorageConflict:
             log.error("dispatcher.ingest.storage_rejected", message_id=item.message_id)
             item.outcome = Rejection(
@@ -127,25 +172,37 @@ class Batcher(Generic[T]):
                 "PostgreSQL refused the event although it validated",
             )
             try:
-                await self._write_retrying([item])
+                await self._write_retrying([item], link)
             except StorageConflict:
                 item.headers = {}  # the last thing that could be refused; the body is bytea
-                await self._write_retrying([item])
+                await self._write_retrying([item], link)
 
-    async def _write_retrying(self, items: list[Incoming]) -> None:
+    async def _write_retrying(self, items: list[Incoming], link: _Link) -> None:
         delay = 0.1
         while True:
             try:
                 with wrap_db_errors():
-                    async with self._engine.begin() as conn:
+                    conn = await link.driver()
+                    async with conn.transaction():
                         result = await persist_batch(
                             conn, items, max_body_bytes=self._max_body
                         )
-            except StorageUnavailable as exc:
+            except StorageConflict:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the batch is kept and retried, never dropped
+                await link.close(broken=True)
+                if not isinstance(exc, StorageUnavailable):
+                    # Not a translated driver error: a driver state or a bug. Retrying is
+                    # the only way not to lose the batch; say so loudly (type only: PII).
+                    log.error(
+                        "dispatcher.ingest.write_failed", error_type=type(exc).__name__
+                    )
                 if self.storage_ok:
                     log.warning(
                         "dispatcher.ingest.storage_unavailable",
-                        error=str(exc),
+                        error=str(exc)
+                        if isinstance(exc, StorageUnavailable)
+                        else type(exc).__name__,
                         waiting=len(items) + len(self._queue),
                     )
                     self.storage_ok = False

@@ -1,14 +1,22 @@
-"""The FastStream subscribers: ingest queue and its dead-letter queue, persist-first.
+"""The ingest consumers: a plain aio-pika callback on the ingest queue, FastStream on its
+dead-letter queue; both persist first.
 
-Ack policy is MANUAL: FastStream's default for RabbitMQ rejects on any exception, which
-would dead-letter (or drop) valid events while PostgreSQL is down. Here a message is acked
-only after the transaction holding it commits; while PostgreSQL is away the writers retry
-and the prefetch window fills, so the broker stops sending instead of us nack-looping.
+Acks are manual: a message is acked only after the transaction holding it commits; while
+PostgreSQL is away the writers retry and the prefetch window fills, so the broker stops
+sending instead of us nack-looping (FastStream's default policy would reject on any
+exception and dead-letter, or drop, valid events).
+
+The ingest queue is the hot path, so it skips FastStream's per-message pipeline (context
+scopes, middlewares, handler wrappers: most of the consumer's CPU in the profile). Its
+callback parses the message and appends it to the batcher without waiting: the batch size
+is set by what is waiting, not by how many handlers are in flight. FastStream still owns
+the connection, the topology and the low-volume dead-letter subscriber.
 """
 
+import asyncio
 from collections.abc import Collection, Sequence
 
-from aio_pika import IncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustQueue
 from faststream import AckPolicy, StreamMessage
 from faststream.rabbit import (
     Channel,
@@ -18,10 +26,11 @@ from faststream.rabbit import (
     RabbitExchange,
     RabbitQueue,
 )
+from faststream.rabbit.subscriber import RabbitSubscriber
 
 from dispatcher import topology
 from dispatcher.events.parse import ParsedEvent, parse_event
-from dispatcher.events.rejection import Rejection
+from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.events.routing import RoutingRule, route
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
@@ -33,7 +42,7 @@ class IngestRouter:
 
     def __init__(
         self,
-        batcher: Batcher[IncomingMessage],
+        batcher: Batcher[AbstractIncomingMessage],
         *,
         max_body_bytes: int,
         rules: Sequence[RoutingRule],
@@ -45,23 +54,31 @@ class IngestRouter:
         self._endpoint_filters = endpoint_filters
         self._endpoints: Collection[str] = frozenset(endpoint_filters)
 
-    def incoming(self, message: IncomingMessage, source: Source) -> Incoming:
-        """Parse and route one message; pure apart from reading it."""
+    def incoming(self, message: AbstractIncomingMessage, source: Source) -> Incoming:
+        """Parse and route one message; pure apart from reading it. Never raises: a
+        message that is never committed would hold back the acks of all after it."""
         body = message.body
-        parsed = parse_event(body, max_bytes=self._max_body, endpoints=self._endpoints)
         outcome: Accepted | Rejection
-        if isinstance(parsed, ParsedEvent):
-            event = parsed.event
-            routes = route(
-                event.type,
-                event.severity,
-                event.recipients,
-                self._rules,
-                self._endpoint_filters,
+        try:
+            parsed = parse_event(
+                body, max_bytes=self._max_body, endpoints=self._endpoints
             )
-            outcome = Accepted(parsed, routes)
-        else:
-            outcome = parsed
+            if isinstance(parsed, ParsedEvent):
+                event = parsed.event
+                routes = route(
+                    event.type,
+                    event.severity,
+                    event.recipients,
+                    self._rules,
+                    self._endpoint_filters,
+                )
+                outcome = Accepted(parsed, routes)
+            else:
+                outcome = parsed
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the message
+            outcome = Rejection(
+                RejectReason.INTERNAL_ERROR, f"routing error: {type(exc).__name__}"
+            )
         return Incoming(
             body=body,
             outcome=outcome,
@@ -71,16 +88,19 @@ class IngestRouter:
             headers=message.headers or {},
         )
 
-    async def on_ingest(self, raw: IncomingMessage) -> None:
-        await self._batcher.submit(self.incoming(raw, Source.INGEST), raw)
+    async def on_ingest(self, raw: AbstractIncomingMessage) -> None:
+        # No await: the callback returns at once and the acker acks after the commit.
+        self._batcher.put(self.incoming(raw, Source.INGEST), raw)
 
-    async def on_dead_letter(self, raw: IncomingMessage) -> None:
+    async def on_dead_letter(self, raw: AbstractIncomingMessage) -> None:
         # A valid event the broker gave up on (delivery limit) is still an alert: store it
         # as an event; anything else becomes a rejected message. Nothing is dropped.
-        await self._batcher.submit(self.incoming(raw, Source.INGEST_DLQ), raw)
+        self._batcher.put(self.incoming(raw, Source.INGEST_DLQ), raw)
 
 
-async def _raw_message(msg: StreamMessage[IncomingMessage]) -> IncomingMessage:
+async def _raw_message(
+    msg: StreamMessage[AbstractIncomingMessage],
+) -> AbstractIncomingMessage:
     """Hand the handler the aio-pika message itself. FastStream's decoder would json-parse an
     ``application/json`` body and raise before our handler on a malformed one, leaving it
     unacked; parsing is ours alone. With ``apply_types=False`` on the broker (no dependency
@@ -88,55 +108,66 @@ async def _raw_message(msg: StreamMessage[IncomingMessage]) -> IncomingMessage:
     return msg.raw_message
 
 
-def declare_ingest(
-    broker: RabbitBroker, settings: Settings, router: IngestRouter
-) -> None:
-    """Register both subscribers (each on its own channel, so delivery tags stay dense)."""
-    prefix = settings.queue_prefix
-    exchange = RabbitExchange(settings.exchange, type=ExchangeType.TOPIC, durable=True)
-    dlx = RabbitExchange(
-        topology.ingest_dlx(prefix), type=ExchangeType.FANOUT, durable=True
-    )
-    queue = RabbitQueue(
-        topology.ingest_queue(prefix),
-        queue_type=QueueType.QUORUM,
-        durable=True,
-        routing_key=settings.bindings[0] if settings.bindings else "#",
-        arguments={
-            "x-delivery-limit": settings.ingest.delivery_limit,
-            "x-dead-letter-exchange": topology.ingest_dlx(prefix),
-        },
-    )
-    dlq = RabbitQueue(
-        topology.ingest_dlq(prefix), queue_type=QueueType.QUORUM, durable=True
-    )
-    broker.subscriber(
-        queue,
-        exchange,
-        channel=Channel(prefetch_count=settings.ingest.prefetch),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_message,
-        no_reply=True,
-    )(router.on_ingest)
-    broker.subscriber(
-        dlq,
-        dlx,
-        channel=Channel(prefetch_count=100),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_message,
-        no_reply=True,
-    )(router.on_dead_letter)
+class IngestConsumer:
+    """Both consumers: started after the broker connects, stopped before it closes."""
 
+    def __init__(
+        self, broker: RabbitBroker, settings: Settings, router: IngestRouter
+    ) -> None:
+        prefix = settings.queue_prefix
+        self._broker = broker
+        self._router = router
+        self._bindings = settings.bindings or ("#",)
+        self._exchange = RabbitExchange(
+            settings.exchange, type=ExchangeType.TOPIC, durable=True
+        )
+        self._queue = RabbitQueue(
+            topology.ingest_queue(prefix),
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            arguments={
+                "x-delivery-limit": settings.ingest.delivery_limit,
+                "x-dead-letter-exchange": topology.ingest_dlx(prefix),
+            },
+        )
+        # Its own channel, so delivery tags stay dense and the prefetch bounds only it.
+        self._channel = Channel(prefetch_count=settings.ingest.prefetch)
+        self._queue_obj: AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
+        self._dead_letters: RabbitSubscriber = broker.subscriber(
+            RabbitQueue(
+                topology.ingest_dlq(prefix), queue_type=QueueType.QUORUM, durable=True
+            ),
+            RabbitExchange(
+                topology.ingest_dlx(prefix), type=ExchangeType.FANOUT, durable=True
+            ),
+            channel=Channel(prefetch_count=100),
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_raw_message,
+            no_reply=True,
+        )
+        self._dead_letters(router.on_dead_letter)
 
-async def bind_extra_routing_keys(broker: RabbitBroker, settings: Settings) -> None:
-    """FastStream binds one routing key; bind the rest of ``settings.bindings``."""
-    if len(settings.bindings) <= 1:
-        return
-    queue = await broker.declare_queue(
-        RabbitQueue(topology.ingest_queue(settings.queue_prefix), declare=False)
-    )
-    exchange = await broker.declare_exchange(
-        RabbitExchange(settings.exchange, declare=False)
-    )
-    for key in settings.bindings[1:]:
-        await queue.bind(exchange, routing_key=key)
+    async def start(self) -> None:
+        """Declare the ingest queue and its bindings, then consume it (broker connected)."""
+        declarer = self._broker.config.declarer
+        queue = await declarer.declare_queue(self._queue, channel=self._channel)
+        exchange = await declarer.declare_exchange(
+            self._exchange, channel=self._channel
+        )
+        for key in self._bindings:
+            await queue.bind(exchange, routing_key=key)
+        # A robust queue: after a reconnect aio-pika declares it and consumes it again.
+        self._consumer_tag = await queue.consume(self._router.on_ingest)
+        self._queue_obj = queue
+
+    async def stop_consuming(self) -> None:
+        """Cancel both consumers; what was delivered stays in the batcher to be committed."""
+        queue, tag = self._queue_obj, self._consumer_tag
+        self._queue_obj = self._consumer_tag = None
+        if queue is not None and tag is not None and not queue.channel.is_closed:
+            await queue.cancel(tag)
+        await self._dead_letters.stop()
+        # Deliveries read before the CancelOk run their callbacks in tasks: let them run.
+        for _ in range(3):
+            await asyncio.sleep(0)
