@@ -17,7 +17,7 @@ fresh exchange and queue names:
   same database right before, with an empty queue), per 10,000 events.
 - **RSS**: peak resident set (``VmHWM``) of each replica; the largest is reported.
 - **latency**: with the replica(s) still running, events published one by one at a fixed
-  200 events/s for ``--latency-seconds``; latency = last of the event's three receipts
+  ``--latency-rate`` (200 events/s) for ``--latency-seconds``; latency = last of the event's three receipts
   minus the ``time.time()`` taken just before its publish.
 - **sms down**: the drain again at 1 replica with the SMS sink refusing connections from
   the start; email and webhook deliveries/s against the normal drain.
@@ -67,7 +67,6 @@ RECIPIENTS = [
 SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 SMS_SID = "AC" + "0" * 32
 SMS_TOKEN = "bench-token-not-secret"
-LATENCY_RATE = 200
 
 #: What the dispatcher runs with in this bench (see docs/benchmarks.md for why).
 TUNING: dict[str, Any] = {
@@ -270,6 +269,7 @@ async def run_scenario(
     n: int,
     *,
     latency_seconds: float,
+    latency_rate: float,
     tmp: Path,
     sinks: SinkControl,
     sink_proc: Proc,
@@ -357,7 +357,7 @@ async def run_scenario(
         result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
         if down is None and latency_seconds > 0:
             result["latency"] = await latency_phase(
-                exchange, latency_seconds, sinks, procs
+                exchange, latency_seconds, latency_rate, sinks, procs
             )
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
     finally:
@@ -372,10 +372,10 @@ async def run_scenario(
 
 
 async def latency_phase(
-    exchange: str, seconds: float, sinks: SinkControl, procs: list[Proc]
+    exchange: str, seconds: float, rate: float, sinks: SinkControl, procs: list[Proc]
 ) -> dict[str, float]:
     await sinks.post("/reset")
-    total = int(LATENCY_RATE * seconds)
+    total = int(rate * seconds)
     sent: dict[str, float] = {}
     cpu0 = sum(p.cpu() for p in procs)
     async with Publisher(AMQP, exchange) as pub:
@@ -385,7 +385,7 @@ async def latency_phase(
             body = json.dumps(event).encode()
             sent[event["event_id"]] = time.time()
             await pub.publish(body, "crisis.detected", message_id=event["event_id"])
-            delay = start + (i + 1) / LATENCY_RATE - time.monotonic()
+            delay = start + (i + 1) / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         elapsed = time.monotonic() - start
@@ -468,6 +468,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     n_replicas,
                     args.events,
                     latency_seconds=args.latency_seconds,
+                    latency_rate=args.latency_rate,
                     tmp=tmp,
                     sinks=sinks,
                     sink_proc=sink_proc,
@@ -486,7 +487,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(),
         "events": args.events,
         "latency_seconds": args.latency_seconds,
-        "latency_rate": LATENCY_RATE,
+        "latency_rate": args.latency_rate,
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
         "tuning": TUNING,
@@ -515,6 +516,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--latency-rate", type=float, default=200.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", choices=["dispatcher", "naive"])
     parser.add_argument("--profile", action="store_true")
