@@ -83,7 +83,7 @@ class Consumer:
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -263,7 +263,7 @@ def main() -> None:
     report["drain_ratio"] = (
         report["dispatcher"]["drain_events_per_s"]
         / report["naive"]["drain_events_per_s"]
-    )  # type: ignore[index]
+    )
     out = results_dir / f"ingest-{datetime.now(UTC):%Y%m%d-%H%M}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"drain ratio {report['drain_ratio']:.2f}; written to {out}")
