@@ -1,0 +1,540 @@
+"""End-to-end delivery benchmark: RabbitMQ -> dispatcher -> SMTP, Twilio and webhook sinks.
+
+    source scripts/services.sh
+    .venv/bin/python bench/e2e.py [--events 10000] [--latency-seconds 15] [--repeat 1]
+                                  [--only dispatcher|naive] [--profile]
+
+Every event has three recipients (email, SMS, webhook). The sinks (bench/sinks.py) run in a
+process of their own and record receipt times. For each scenario, on a fresh database and
+fresh exchange and queue names:
+
+- **drain**: ``--events`` events preloaded into the ingest queue, then the replica(s)
+  started; rates from the first to the last receipt at the sinks. Events/s counts events
+  whose three deliveries all arrived; deliveries/s is per channel, first to last receipt of
+  that channel.
+- **CPU**: user+system seconds of the replica processes (psutil) from their start until
+  the last receipt, minus the CPU an idle replica spends starting up (measured on the
+  same database right before, with an empty queue), per 10,000 events.
+- **RSS**: peak resident set (``VmHWM``) of each replica; the largest is reported.
+- **latency**: with the replica(s) still running, events published one by one at a fixed
+  ``--latency-rate`` (200 events/s) for ``--latency-seconds``; latency = last of the event's three receipts
+  minus the ``time.time()`` taken just before its publish.
+- **sms down**: the drain again at 1 replica with the SMS sink refusing connections from
+  the start; email and webhook deliveries/s against the normal drain.
+
+Scenarios: dispatcher at 1 and 2 replicas, naive baseline (bench/naive_delivery.py) at 1
+and 2 replicas, dispatcher at 1 replica with the SMS sink down. With ``--repeat N`` the
+scenarios run N times interleaved and the report gives every run and the medians.
+Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
+the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
+(that run's rates are perturbed by the sampler and kept out of the medians).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import psutil
+import yaml
+from ingest import cleanup_broker, drop_database, dsn, fresh_database
+
+from dispatcher.events.kinds import ChannelKind
+from dispatcher.publisher import Publisher
+from dispatcher.testing import make_event
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP = os.environ.get("DISPATCHER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+CHANNELS = ("email", "sms", "webhook")
+RECIPIENTS = [
+    {"channel": "email", "to": "crisis-team@example.org"},
+    {"channel": "sms", "to": "+15551234567"},
+    {"channel": "webhook", "to": "safety-monitor"},
+]
+SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+SMS_SID = "AC" + "0" * 32
+SMS_TOKEN = "bench-token-not-secret"
+
+#: What the dispatcher runs with in this bench (see docs/benchmarks.md for why).
+TUNING: dict[str, Any] = {
+    "database_pool_size": 10,
+    "email": {"concurrency": 32, "pool_size": 16},
+    "sms": {"concurrency": 32},
+    "webhook": {"concurrency": 32},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
+    common = {"deadline_seconds": 10.0, "lease_seconds": 60.0}
+    return {
+        "database_pool_size": TUNING["database_pool_size"],
+        "channels": {
+            "email": {
+                **common,
+                "enabled": True,
+                "concurrency": TUNING["email"]["concurrency"],
+                "providers": [
+                    {
+                        "name": "relay-1",
+                        "host": "127.0.0.1",
+                        "port": ports["smtp"],
+                        "tls": "none",
+                        "from_address": "dispatcher@example.org",
+                        "timeout": 5.0,
+                        "pool_size": TUNING["email"]["pool_size"],
+                    }
+                ],
+            },
+            "sms": {
+                **common,
+                "enabled": True,
+                "concurrency": TUNING["sms"]["concurrency"],
+                "providers": [
+                    {
+                        "name": "twilio-1",
+                        "account_sid": SMS_SID,
+                        "auth_token": SMS_TOKEN,
+                        "from_number": "+15550009999",
+                        "base_url": f"http://127.0.0.1:{ports['sms']}",
+                        "timeout": 5.0,
+                    }
+                ],
+            },
+            "webhook": {
+                **common,
+                "concurrency": TUNING["webhook"]["concurrency"],
+                "endpoints": {
+                    "safety-monitor": {
+                        "url": f"http://127.0.0.1:{ports['webhook']}/safety-monitor",
+                        "secrets": [SECRET],
+                    }
+                },
+                "allow_http": True,
+                "allow_private_networks": ["127.0.0.0/8"],
+            },
+        },
+    }
+
+
+class Proc:
+    """A subprocess with a log file, its CPU time and its peak RSS."""
+
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], log: Path, marker: str
+    ) -> None:
+        self.log = log
+        self._fh = log.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self._fh, stderr=self._fh
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self.marker = marker
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.marker not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text()[-2000:])
+            time.sleep(0.02)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self, timeout: float = 40) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+def replica(kind: str, env: dict[str, str], log: Path) -> Proc:
+    if kind == "dispatcher":
+        cmd = [sys.executable, "-m", "dispatcher", "serve"]
+        return Proc(cmd, env, log, "dispatcher.serving")
+    cmd = [sys.executable, str(ROOT / "bench" / "naive_delivery.py")]
+    return Proc(cmd, env, log, "naive.serving")
+
+
+class SinkControl:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = aiohttp.ClientSession()
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(self.url + path) as r:
+            return await r.json()
+
+    async def post(self, path: str) -> None:
+        async with self.http.post(self.url + path) as r:
+            r.raise_for_status()
+
+    async def wait_counts(
+        self, want: dict[str, int], timeout: float = 240
+    ) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts: dict[str, int] = await self.get("/count")
+            if all(counts[c] >= n for c, n in want.items()):
+                return counts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out: {counts} of {want}")
+            await asyncio.sleep(0.05)
+
+
+def receipts(dump: dict[str, list[list[Any]]]) -> dict[str, dict[str, float]]:
+    """Per channel: event id -> first receipt time."""
+    out: dict[str, dict[str, float]] = {}
+    for channel in CHANNELS:
+        seen: dict[str, float] = {}
+        for event_id, at in dump[channel]:
+            if event_id is not None and event_id not in seen:
+                seen[event_id] = at
+        out[channel] = seen
+    return out
+
+
+def drain_figures(
+    dump: dict[str, list[list[Any]]], ids: list[str]
+) -> dict[str, float | int]:
+    by = receipts(dump)
+    fig: dict[str, float | int] = {}
+    all_times = [at for ch in CHANNELS for at in by[ch].values()]
+    first = min(all_times)
+    full = [
+        max(by[ch][e] for ch in CHANNELS)
+        for e in ids
+        if all(e in by[ch] for ch in CHANNELS)
+    ]
+    fig["events_fully_delivered"] = len(full)
+    if full:
+        fig["events_per_s"] = len(full) / (max(full) - first)
+    for ch in CHANNELS:
+        times = sorted(by[ch].values())
+        fig[f"{ch}_delivered"] = len(times)
+        fig[f"{ch}_duplicates"] = len(dump[ch]) - len(times)
+        if len(times) > 1:
+            fig[f"{ch}_per_s"] = len(times) / (times[-1] - times[0])
+    fig["deliveries_per_s"] = sum(len(by[ch]) for ch in CHANNELS) / (
+        max(all_times) - first
+    )
+    return fig
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def bodies(n: int) -> list[tuple[bytes, str, str | None]]:
+    out = []
+    for _ in range(n):
+        event = make_event(recipients=RECIPIENTS)
+        out.append((json.dumps(event).encode(), "crisis.detected", event["event_id"]))
+    return out
+
+
+async def run_scenario(
+    kind: str,
+    replicas: int,
+    n: int,
+    *,
+    latency_seconds: float,
+    latency_rate: float,
+    tmp: Path,
+    sinks: SinkControl,
+    sink_proc: Proc,
+    ports: dict[str, int],
+    down: str | None = None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    db = await fresh_database()
+    tag = uuid.uuid4().hex[:8]
+    prefix, exchange = f"bench.{tag}", f"bench.notifications.{tag}"
+    config = tmp / f"config-{tag}.yaml"
+    config.write_text(yaml.safe_dump(dispatcher_config(ports)))
+    env = {
+        "DISPATCHER_DATABASE_URL": dsn(db, "postgresql+asyncpg"),
+        "DISPATCHER_AMQP_URL": AMQP,
+        "DISPATCHER_EXCHANGE": exchange,
+        "DISPATCHER_QUEUE_PREFIX": prefix,
+        "DISPATCHER_CONFIG": str(config),
+        "DISPATCHER_LOG_LEVEL": "info",
+        "PYTHONPATH": str(ROOT),
+        "BENCH_QUEUE": f"{prefix}.ingest",
+        "BENCH_SMTP_PORT": str(ports["smtp"]),
+        "BENCH_SMS_URL": f"http://127.0.0.1:{ports['sms']}",
+        "BENCH_WEBHOOK_URL": f"http://127.0.0.1:{ports['webhook']}/safety-monitor",
+        "BENCH_PREFETCH": "64",
+    }
+    name = f"{kind}-x{replicas}" + (f"-{down}-down" if down else "")
+    result: dict[str, Any] = {"scenario": name, "kind": kind, "replicas": replicas}
+    procs: list[Proc] = []
+    try:
+        # Declare the topology with a real dispatcher (empty queue), and measure what an
+        # idle replica of this kind spends on starting up.
+        first = replica("dispatcher", env, tmp / f"{name}-declare.log")
+        first.wait_ready()
+        if kind == "naive":
+            first.stop()
+            first = replica(kind, env, tmp / f"{name}-idle.log")
+            first.wait_ready()
+        await asyncio.sleep(0.5)
+        startup_cpu = first.cpu()
+        first.stop()
+        result["startup_cpu_s"] = startup_cpu
+        await sinks.post("/reset")
+        async with Publisher(AMQP, exchange) as pub:
+            items = bodies(n)
+            await pub.publish_many(items, window=512)
+        ids = [str(i[2]) for i in items]
+        if down:
+            await sinks.post(f"/{down}/down")
+        sink_cpu0 = sink_proc.cpu()
+        procs = [replica(kind, env, tmp / f"{name}-{i}.log") for i in range(replicas)]
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(procs[0].proc.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "-o",
+                    str(profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        for p in procs:
+            p.wait_ready()
+        want = {ch: n for ch in CHANNELS if ch != down}
+        await sinks.wait_counts(want)
+        cpu = sum(p.cpu() for p in procs) - replicas * startup_cpu
+        sink_cpu = sink_proc.cpu() - sink_cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            result["profiled"] = True
+        dump = await sinks.get("/dump")
+        result["drain"] = drain_figures(dump, ids)
+        result["drain"]["cpu_s_per_10k_events"] = cpu * 10_000 / n
+        result["drain"]["cpu_ms_per_event"] = cpu * 1000 / n
+        result["drain"]["sink_cpu_s_per_10k_events"] = sink_cpu * 10_000 / n
+        result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+        if down is None and latency_seconds > 0:
+            result["latency"] = await latency_phase(
+                exchange, latency_seconds, latency_rate, sinks, procs
+            )
+            result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+    finally:
+        for p in procs:
+            p.stop()
+        if down:
+            await sinks.post(f"/{down}/up")
+        await drop_database(db)
+        await cleanup_broker(prefix, exchange)
+        await cleanup_dlq(prefix)
+    return result
+
+
+async def latency_phase(
+    exchange: str, seconds: float, rate: float, sinks: SinkControl, procs: list[Proc]
+) -> dict[str, float]:
+    await sinks.post("/reset")
+    total = int(rate * seconds)
+    sent: dict[str, float] = {}
+    cpu0 = sum(p.cpu() for p in procs)
+    async with Publisher(AMQP, exchange) as pub:
+        start = time.monotonic()
+        for i in range(total):
+            event = make_event(recipients=RECIPIENTS)
+            body = json.dumps(event).encode()
+            sent[event["event_id"]] = time.time()
+            await pub.publish(body, "crisis.detected", message_id=event["event_id"])
+            delay = start + (i + 1) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elapsed = time.monotonic() - start
+    await sinks.wait_counts(dict.fromkeys(CHANNELS, total), timeout=120)
+    cpu = sum(p.cpu() for p in procs) - cpu0
+    by = receipts(await sinks.get("/dump"))
+    lat = [
+        (max(by[ch][e] for ch in CHANNELS) - at) * 1000
+        for e, at in sent.items()
+        if all(e in by[ch] for ch in CHANNELS)
+    ]
+    return {
+        "events": total,
+        "achieved_rate": total / elapsed,
+        "p50_ms": statistics.median(lat),
+        "p99_ms": pct(lat, 0.99),
+        "max_ms": max(lat),
+        "cpu_ms_per_event": cpu * 1000 / total,
+    }
+
+
+async def cleanup_dlq(prefix: str) -> None:
+    connection = await aio_pika.connect(AMQP)
+    channel = await connection.channel()
+    for kind in ChannelKind:
+        await channel.queue_delete(f"{prefix}.dlq.{kind.value}")
+    await channel.exchange_delete(f"{prefix}.dlq")
+    await connection.close()
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every numeric figure over the runs of one scenario."""
+    out: dict[str, Any] = {}
+    for section in ("drain", "latency"):
+        keys = {k for r in runs for k in r.get(section, {})}
+        values = {
+            k: [r[section][k] for r in runs if k in r.get(section, {})] for k in keys
+        }
+        if values:
+            out[section] = {k: statistics.median(v) for k, v in sorted(values.items())}
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path("/tmp") / f"dispatcher-e2e-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    ports = {c: free_port() for c in ("smtp", "sms", "webhook", "control")}
+    sink_proc = Proc(
+        [sys.executable, str(ROOT / "bench" / "sinks.py")]
+        + [f"--{c}-port={p}" for c, p in ports.items()],
+        {"PYTHONPATH": str(ROOT)},
+        tmp / "sinks.log",
+        "sinks.ready",
+    )
+    sink_proc.wait_ready()
+    sinks = SinkControl(ports["control"])
+    scenarios: list[tuple[str, int, str | None]] = []
+    if args.only in {None, "dispatcher"}:
+        scenarios += [("dispatcher", 1, None), ("dispatcher", 2, None)]
+    if args.only in {None, "naive"}:
+        scenarios += [("naive", 1, None), ("naive", 2, None)]
+    if args.only in {None, "dispatcher"}:
+        scenarios.append(("dispatcher", 1, "sms"))
+    runs: list[dict[str, Any]] = []
+    try:
+        for rep in range(args.repeat):
+            for kind, n_replicas, down in scenarios:
+                profile = None
+                if (
+                    args.profile
+                    and rep == 0
+                    and kind == "dispatcher"
+                    and n_replicas == 1
+                    and not down
+                ):
+                    profile = ROOT / "bench" / "results" / "e2e-dispatcher-drain.folded"
+                t0 = time.monotonic()
+                r = await run_scenario(
+                    kind,
+                    n_replicas,
+                    args.events,
+                    latency_seconds=args.latency_seconds,
+                    latency_rate=args.latency_rate,
+                    tmp=tmp,
+                    sinks=sinks,
+                    sink_proc=sink_proc,
+                    ports=ports,
+                    down=down,
+                    profile=profile,
+                )
+                r["repeat"] = rep
+                r["wall_s"] = time.monotonic() - t0
+                runs.append(r)
+                print(json.dumps(r), flush=True)
+    finally:
+        await sinks.http.close()
+        sink_proc.stop()
+    report: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(),
+        "events": args.events,
+        "latency_seconds": args.latency_seconds,
+        "latency_rate": args.latency_rate,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "tuning": TUNING,
+        "runs": runs,
+        "median": {},
+    }
+    for name in dict.fromkeys(r["scenario"] for r in runs):
+        clean = [r for r in runs if r["scenario"] == name and not r.get("profiled")]
+        report["median"][name] = medians(
+            clean or [r for r in runs if r["scenario"] == name]
+        )
+    normal = report["median"].get("dispatcher-x1", {}).get("drain", {})
+    down = report["median"].get("dispatcher-x1-sms-down", {}).get("drain", {})
+    if normal and down:
+        report["sms_down_ratio"] = {
+            ch: down.get(f"{ch}_per_s", 0) / normal[f"{ch}_per_s"]
+            for ch in ("email", "webhook")
+        }
+    naive = report["median"].get("naive-x1", {}).get("drain", {})
+    if normal and naive:
+        report["ratio_to_naive_x1"] = normal["events_per_s"] / naive["events_per_s"]
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--latency-rate", type=float, default=200.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--only", choices=["dispatcher", "naive"])
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = asyncio.run(main_async(args))
+    out = (
+        args.out
+        or ROOT / "bench" / "results" / f"e2e-{datetime.now(UTC):%Y%m%d-%H%M}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["median"], indent=1))
+    with contextlib.suppress(KeyError):
+        print("sms down ratio", report["sms_down_ratio"])
+        print("ratio to naive", report["ratio_to_naive_x1"])
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
