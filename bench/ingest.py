@@ -279,8 +279,8 @@ def main() -> None:
         print(kind, json.dumps(report[kind], indent=1))
     if "dispatcher" in report and "naive" in report:
         report["drain_ratio"] = (
-            report["dispatcher"]["drain_events_per_s"]  # type: ignore[index]
-            / report["naive"]["drain_events_per_s"]  # type: ignore[index]
+            report["dispatcher"]["drain_events_per_s"]
+            / report["naive"]["drain_events_per_s"]
         )
         print(f"drain ratio {report['drain_ratio']:.2f}")
     out = results_dir / f"ingest-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
