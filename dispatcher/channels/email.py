@@ -15,13 +15,14 @@ from pydantic import (
     FilePath,
     SecretStr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
-from dispatcher.channels import classify
+from dispatcher.channels import classify, mime
 from dispatcher.channels.base import OutboundMessage, SendReceipt
 from dispatcher.channels.smtppool import SmtpPool
-from dispatcher.channels.templates import EmailTemplate, render_email
+from dispatcher.channels.templates import EmailTemplate, RenderedEmail, render_email
 from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.events.schema import ENDPOINT_NAME_PATTERN
@@ -48,6 +49,16 @@ class SmtpProvider(BaseModel):
     timeout: float = Field(default=10.0, gt=0, le=300)
     pool_size: int = Field(default=4, ge=1, le=100)
     ca_file: FilePath | None = None
+
+    @field_validator("from_address")
+    @classmethod
+    def _check_from(cls, value: str) -> str:
+        # It goes into a header and the envelope: no spaces, controls or line breaks.
+        if "@" not in value or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(
+                "from_address must be a bare address like alerts@example.org"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_credentials(self) -> "SmtpProvider":
@@ -118,14 +129,29 @@ class SmtpChannel:
                 TLS failures.
             PermanentDeliveryError: SMTP 5xx, or a template that cannot be rendered.
         """
+        sender = self._provider.from_address
         try:
-            email = self._build(message)
-            async with self._pool.connection() as client:
-                _, reply = await client.send_message(
-                    email,
-                    sender=self._provider.from_address,
-                    recipients=[message.recipient],
+            rendered = render_email(self._templates, message)
+            if mime.is_plain_address(sender) and mime.is_plain_address(
+                message.recipient
+            ):
+                data = mime.plain_text_email(
+                    sender=sender,
+                    recipient=message.recipient,
+                    subject=rendered.subject,
+                    body=rendered.body,
+                    delivery_id=message.delivery_id,
+                    event_id=message.event_id,
                 )
+                async with self._pool.connection() as client:
+                    _, reply = await client.sendmail(sender, [message.recipient], data)
+            else:
+                # Non-ASCII address: the stdlib's message and aiosmtplib's SMTPUTF8.
+                email = self._build(message, rendered)
+                async with self._pool.connection() as client:
+                    _, reply = await client.send_message(
+                        email, sender=sender, recipients=[message.recipient]
+                    )
         except (aiosmtplib.SMTPException, OSError) as exc:
             _raise(exc)
         except ValueError:
@@ -141,8 +167,7 @@ class SmtpChannel:
     async def aclose(self) -> None:
         await self._pool.aclose()
 
-    def _build(self, message: OutboundMessage) -> EmailMessage:
-        rendered = render_email(self._templates, message)
+    def _build(self, message: OutboundMessage, rendered: RenderedEmail) -> EmailMessage:
         email = EmailMessage()
         email["From"] = self._provider.from_address
         email["To"] = message.recipient

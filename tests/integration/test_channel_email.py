@@ -1,9 +1,12 @@
 """The SMTP adapter against a real SMTP server (SmtpSink): delivery, reuse, faults, TLS."""
 
 import asyncio
+import email
+import email.policy
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import trustme
 from dispatcher.channels import classify
 from dispatcher.channels.base import OutboundMessage
 from dispatcher.channels.email import EmailChannelConfig, SmtpChannel, SmtpProvider
-from dispatcher.channels.templates import EmailTemplate
+from dispatcher.channels.templates import SUBJECT_MAX_CHARS, EmailTemplate
 from dispatcher.errors import (
     DeliveryError,
     ErrorClass,
@@ -103,6 +106,27 @@ async def test_delivers_with_stable_message_id(
     assert mail.rcpt_count == 1
     assert mail.subject == "Alert person-42"
     assert b"Score 0.97" in mail.content
+
+
+async def test_non_ascii_subject_and_body_arrive_intact(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """Unicode in data reaches the relay 7-bit clean and decodes to exactly the text."""
+    templates = {
+        "crisis.*": EmailTemplate(
+            subject="Krise: ${data.name} ${data.note}", body="Notiz: ${data.note}"
+        )
+    }
+    channel = make_channel(sink.port, templates)
+    note = "Überprüfung nötig, 東京 " + "ö" * 120 + " \U0001f6a8"
+    await channel.send(_message(data={"name": "Zoë", "note": note}))
+    [mail] = sink.received
+    assert mail.content.isascii()
+    parsed = email.message_from_bytes(mail.content, policy=email.policy.strict)
+    assert isinstance(parsed, EmailMessage)
+    assert parsed.defects == []
+    assert parsed["Subject"] == f"Krise: Zoë {note}"[:SUBJECT_MAX_CHARS]
+    assert parsed.get_content() == f"Notiz: {note}\n"
 
 
 async def test_retry_keeps_message_id(
