@@ -10,7 +10,6 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +22,7 @@ from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind, Severity
-from dispatcher.outbox.store import Claimed, Outcome, claim
+from dispatcher.outbox.store import Claimed, claim
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -59,6 +58,8 @@ class ChannelWorker:
         self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
+        #: Whether the last claim left due rows behind for lack of room.
+        self._constrained = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -92,11 +93,14 @@ class ChannelWorker:
         while not self._stopping:
             try:
                 claimed, full = await self._fill()
-            except DispatcherError as exc:
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
+                event = (
+                    "dispatcher.delivery.claim_failed"
+                    if isinstance(exc, DispatcherError)
+                    else "dispatcher.delivery.worker_bug"
+                )
                 log.warning(
-                    "dispatcher.delivery.claim_failed",
-                    channel=self.kind.value,
-                    error_type=type(exc).__name__,
+                    event, channel=self.kind.value, error_type=type(exc).__name__
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -108,7 +112,11 @@ class ChannelWorker:
 
     async def _wait(self) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait())]
-        if len(self._inflight) >= self._concurrency:
+        # A freed slot can start more only when the last claim ran out of room (all slots,
+        # the general ones, or a recipient's); otherwise everything due was claimed and
+        # only NOTIFY or the sweep brings more. ``_slot_freed`` was cleared when that
+        # claim began, so a slot freed while it ran still counts.
+        if self._constrained:
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
         _done, pending = await asyncio.wait(
             waiters,
@@ -118,11 +126,12 @@ class ChannelWorker:
         for waiter in pending:
             waiter.cancel()
         self._wakeup.clear()
-        self._slot_freed.clear()
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
+        self._slot_freed.clear()
         free = self._concurrency - len(self._inflight)
+        self._constrained = free <= 0
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
         general = self._concurrency - self._reserve - self._general_inflight()
@@ -131,9 +140,15 @@ class ChannelWorker:
             (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
         )
         cap = self._settings.max_inflight_per_recipient
-        blocked = self._providers.blocked_recipients()
+        breaker_blocked = self._providers.blocked_recipients()
+        blocked = list(breaker_blocked)
+        room: dict[str, int] = {}
         if cap is not None:
-            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
+            for recipient, n in self._per_recipient.items():
+                if n >= cap:
+                    blocked.append(recipient)
+                else:
+                    room[recipient] = cap - n
         with wrap_db_errors():
             async with self._engine.begin() as conn:
                 rows = await claim(
@@ -144,26 +159,25 @@ class ChannelWorker:
                     owner=self._owner,
                     blocked=blocked,
                     max_priority=max_priority,
+                    per_recipient=cap,
+                    room=room,
                 )
         for row in rows:
-            if cap is not None and self._per_recipient[row.recipient] >= cap:
-                # One claim can return more rows for a recipient than its cap allows:
-                # give those back at once, without counting an attempt.
-                self._recorder.add(
-                    Outcome(
-                        row.id,
-                        row.lease_token,
-                        DeliveryStatus.PENDING,
-                        next_attempt_at=datetime.now(UTC),
-                        refund=1,
-                    )
-                )
-                continue
             task = asyncio.create_task(self._attempt(row))
             self._inflight[task] = (row.priority, row.recipient)
             self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
+        self._constrained = (
+            general <= 0
+            or len(self._inflight) >= self._concurrency
+            or len(blocked) > len(breaker_blocked)
+            or self._recipient_at_cap()
+        )
         return len(rows), len(rows) == limit
+
+    def _recipient_at_cap(self) -> bool:
+        cap = self._settings.max_inflight_per_recipient
+        return cap is not None and any(n >= cap for n in self._per_recipient.values())
 
     def _general_inflight(self) -> int:
         return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)

@@ -6,7 +6,7 @@ whose worker died becomes claimable again by the same query. Each claim draws a 
 late result from an expired claim cannot overwrite the newer one.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,18 +17,33 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.db.models import DeliveryStatus
 
+#: How many due rows a capped claim looks at per row it may take.
+_SCAN_FACTOR = 4
+
 _CLAIM = text(
     """
-    WITH due AS (
-        SELECT id FROM deliveries
+    WITH locked AS (
+        SELECT id, recipient, priority, next_attempt_at FROM deliveries
         WHERE channel = :channel
           AND status IN ('pending', 'in_flight')
           AND next_attempt_at <= now()
           AND priority <= :max_priority
           AND NOT (recipient = ANY(CAST(:blocked AS text[])))
         ORDER BY priority, next_attempt_at
-        LIMIT :limit
+        LIMIT :scan
         FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+        SELECT l.id, l.priority, l.next_attempt_at,
+               row_number() OVER (PARTITION BY l.recipient
+                                  ORDER BY l.priority, l.next_attempt_at) AS n,
+               coalesce(room.free, :per_recipient) AS free
+        FROM locked AS l
+        LEFT JOIN unnest(CAST(:room_recipients AS text[]), CAST(:room_free AS integer[]))
+             AS room(recipient, free) ON room.recipient = l.recipient
+    ), due AS (
+        SELECT id FROM ranked WHERE n <= free
+        ORDER BY priority, next_attempt_at
+        LIMIT :limit
     )
     UPDATE deliveries AS d
     SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
@@ -174,13 +189,27 @@ async def claim(
     owner: str,
     blocked: Sequence[str] = (),
     max_priority: int = 4,
+    per_recipient: int | None = None,
+    room: Mapping[str, int] | None = None,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries of one channel, most urgent first."""
+    """Lease up to ``limit`` due deliveries of one channel, most urgent first.
+
+    ``blocked`` recipients are skipped. With ``per_recipient``, at most that many rows of
+    one recipient are taken, or ``room[recipient]`` for those that already have some in
+    flight: a backlog for one endpoint is never claimed beyond what may be sent at once.
+    The rows looked at for that are a few times ``limit`` (locked only until commit).
+    """
+    room = room or {}
+    capped = per_recipient is not None
     rows = await conn.execute(
         _CLAIM,
         {
             "channel": channel,
             "limit": limit,
+            "scan": limit * _SCAN_FACTOR if capped else limit,
+            "per_recipient": per_recipient if capped else limit,
+            "room_recipients": list(room),
+            "room_free": list(room.values()),
             "lease": lease_seconds,
             "owner": owner,
             "blocked": list(blocked),

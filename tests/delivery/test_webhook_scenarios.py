@@ -248,7 +248,9 @@ async def test_a_scheduled_retry_survives_a_restart(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     """Retries are rows: a replica that stops with a retry scheduled loses nothing."""
-    webhook_sink.respond("/crisis-line", 503)
+    # Retry-After puts the retry at least 3 s ahead (full jitter alone may pick ~0 s,
+    # and a second failed try before the replica stops would change the count below).
+    webhook_sink.respond("/crisis-line", 503, retry_after="3")
     slow_retry = {
         "max_attempts": 5,
         "base_delay": 2.0,
@@ -300,6 +302,50 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
     # and never more than the cap of the hanging endpoint's requests were open at once.
     assert not any(r.last_error_class == "timeout" for r in hung)
     assert len(webhook_sink.requests("/case-system")) == 4
+
+
+async def test_a_capped_endpoint_gets_its_next_delivery_as_a_slot_frees(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """12 deliveries for one endpoint capped at 2 in flight, with a 30 s sweep: each
+    finished attempt lets the next one start. (The worker once waited for the next
+    NOTIFY or sweep instead, so a backlog for one endpoint drained at cap per sweep.)"""
+    config = channels(webhook_sink, poll_interval=30.0, max_inflight_per_recipient=2)
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        await asyncio.sleep(0.5)  # the first sweep is over; only NOTIFY wakes it now
+        event_ids = await s.publish(
+            *(event_to(("webhook", "safety-monitor")) for _ in range(12))
+        )
+        rows = await s.wait_final(event_ids, count=12, timeout=15)
+        attempts = await s.rows("SELECT count(*) AS n FROM delivery_attempts")
+    assert {r.status for r in rows} == {"delivered"}
+    assert {r.attempts for r in rows} == {1}
+    assert attempts[0].n == 12
+    assert len(webhook_sink.requests("/safety-monitor")) == 12
+
+
+async def test_a_low_severity_backlog_refills_its_general_slots_as_they_free(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """Concurrency 4 with 2 slots reserved for critical: 12 low-severity deliveries go
+    two at a time, each freed general slot taking the next, without waiting for a
+    NOTIFY or the 30 s sweep."""
+    config = channels(
+        webhook_sink, poll_interval=30.0, concurrency=4, critical_reserve=2
+    )
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        await asyncio.sleep(0.5)
+        event_ids = await s.publish(
+            *(event_to(("webhook", "crisis-line"), severity="low") for _ in range(12))
+        )
+        rows = await s.wait_final(event_ids, count=12, timeout=15)
+    assert {r.status for r in rows} == {"delivered"}
 
 
 async def test_new_deliveries_wake_the_worker_through_listen_notify(
