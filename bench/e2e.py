@@ -48,6 +48,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import asyncpg
 import psutil
 import yaml
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
@@ -199,16 +200,39 @@ class SinkControl:
             r.raise_for_status()
 
     async def wait_counts(
-        self, want: dict[str, int], timeout: float = 240
+        self, want: dict[str, int], stall: float = 60
     ) -> dict[str, int]:
-        deadline = time.monotonic() + timeout
+        """Until every channel has its count; fails after ``stall`` s without progress."""
+        last: dict[str, int] = {}
+        progress = time.monotonic()
         while True:
             counts: dict[str, int] = await self.get("/count")
             if all(counts[c] >= n for c, n in want.items()):
                 return counts
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out: {counts} of {want}")
+            if counts != last:
+                last, progress = counts, time.monotonic()
+            elif time.monotonic() - progress > stall:
+                raise RuntimeError(f"no progress for {stall:.0f} s: {counts} of {want}")
             await asyncio.sleep(0.05)
+
+
+async def outbox_snapshot(db: str) -> list[dict[str, Any]]:
+    """Where the deliveries are, per channel and status, for a stalled run's report."""
+    conn = await asyncpg.connect(dsn(db))
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT channel, status, count(*) AS n, max(attempts) AS max_attempts,
+                   count(lease_owner) AS leased,
+                   min(next_attempt_at) - now() AS earliest_due_in,
+                   max(next_attempt_at) - now() AS latest_due_in,
+                   array_agg(DISTINCT last_error_class) AS errors
+            FROM deliveries GROUP BY channel, status ORDER BY channel, status
+            """
+        )
+    finally:
+        await conn.close()
+    return [{k: str(v) for k, v in dict(r).items()} for r in rows]
 
 
 def receipts(dump: dict[str, list[list[Any]]]) -> dict[str, dict[str, float]]:
@@ -342,7 +366,11 @@ async def run_scenario(
         for p in procs:
             p.wait_ready()
         want = {ch: n for ch in CHANNELS if ch != down}
-        await sinks.wait_counts(want)
+        try:
+            await sinks.wait_counts(want)
+        except RuntimeError:
+            print(name, "stalled; outbox:", json.dumps(await outbox_snapshot(db)))
+            raise
         cpu = sum(p.cpu() for p in procs) - replicas * startup_cpu
         sink_cpu = sink_proc.cpu() - sink_cpu0
         if spy is not None:
@@ -389,7 +417,7 @@ async def latency_phase(
             if delay > 0:
                 await asyncio.sleep(delay)
         elapsed = time.monotonic() - start
-    await sinks.wait_counts(dict.fromkeys(CHANNELS, total), timeout=120)
+    await sinks.wait_counts(dict.fromkeys(CHANNELS, total))
     cpu = sum(p.cpu() for p in procs) - cpu0
     by = receipts(await sinks.get("/dump"))
     lat = [
