@@ -167,11 +167,20 @@ class ChannelWorker:
             self._inflight[task] = (row.priority, row.recipient)
             self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
+        # Short of room: slots, general slots, or a recipient's cap that bound this claim
+        # (it got as many rows as it had room for; attempts that ended while the claim
+        # ran may have left it below its cap now, with more rows due).
+        taken = Counter(row.recipient for row in rows) if cap is not None else None
         self._constrained = (
             general <= 0
             or len(self._inflight) >= self._concurrency
             or len(blocked) > len(breaker_blocked)
             or self._recipient_at_cap()
+            or (
+                cap is not None
+                and taken is not None
+                and any(n >= room.get(r, cap) for r, n in taken.items())
+            )
         )
         return len(rows), len(rows) == limit
 
