@@ -232,6 +232,9 @@ async def test_dead_lettered_messages_are_consumed_not_lost(
     assert (
         await queue_depth(amqp, topology.ingest_dlq(service.settings.queue_prefix)) == 0
     )
+    # Ready is 0 once delivered; that they were acked too shows here (nothing else
+    # was consumed in this test), since a failed ack is not counted.
+    assert service.acker.acks_sent >= 1
 
 
 async def test_ingest_queue_is_quorum_with_delivery_limit_and_dlx(
