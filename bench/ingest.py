@@ -154,7 +154,13 @@ async def run(
         "DISPATCHER_EXCHANGE": exchange,
         "DISPATCHER_QUEUE_PREFIX": prefix,
         "DISPATCHER_CHANNELS__WEBHOOK__ENDPOINTS": json.dumps(
-            {"safety-monitor": {"url": "https://example.org/h"}}
+            # A bench-only secret: the dispatcher refuses an endpoint it cannot sign for.
+            {
+                "safety-monitor": {
+                    "url": "https://example.org/h",
+                    "secrets": ["whsec_" + "A" * 32],
+                }
+            }
         ),
         "DISPATCHER_LOG_LEVEL": "info",
         "BENCH_PG_DSN": dsn(db),

@@ -5,7 +5,6 @@ import signal
 from collections.abc import Collection, Sequence
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,7 +27,7 @@ from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.service import BreakerAudit, DeliveryService, replica_id
 from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind
-from dispatcher.ingest.acker import Acker
+from dispatcher.ingest.acker import AckableMessage, Acker
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import IngestConsumer, IngestRouter
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
@@ -53,7 +52,7 @@ class IngestService:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.acker = Acker()
-        self.batcher: Batcher[AbstractIncomingMessage] = Batcher(
+        self.batcher: Batcher[AckableMessage] = Batcher(
             engine,
             self.acker.committed,
             batch_max=settings.ingest.batch_max,

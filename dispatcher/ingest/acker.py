@@ -7,23 +7,29 @@ committed tags from the last ack: a multiple-ack never covers a message that is 
 
 import weakref
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 log = structlog.get_logger("dispatcher.ingest")
 
 
+class AckChannel(Protocol):
+    """The part of ``aiormq.Channel`` the acker uses."""
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None: ...
+
+
 class AckableMessage(Protocol):
-    """The part of ``aio_pika.IncomingMessage`` the acker uses."""
+    """A consumed message: ``aio_pika.IncomingMessage`` or ``aiormq``'s
+    ``DeliveredMessage`` (the ingest queue's hot path), whose ``channel`` is the same
+    ``aiormq`` channel either way."""
 
     @property
     def delivery_tag(self) -> int | None: ...
 
     @property
-    def channel(self) -> object: ...
-
-    async def ack(self, multiple: bool = False) -> None: ...
+    def channel(self) -> Any: ...
 
 
 class _ChannelAcks:
@@ -31,7 +37,7 @@ class _ChannelAcks:
 
     def __init__(self) -> None:
         self.acked = 0
-        self.pending: dict[int, AckableMessage] = {}
+        self.pending: set[int] = set()
 
 
 class Acker:
@@ -46,7 +52,7 @@ class Acker:
 
     async def committed(self, messages: Iterable[AckableMessage]) -> None:
         """Record messages as stored and ack every channel's newly contiguous run."""
-        touched: dict[int, tuple[object, _ChannelAcks]] = {}
+        touched: dict[int, tuple[AckChannel, _ChannelAcks]] = {}
         for message in messages:
             tag = message.delivery_tag
             if tag is None:
@@ -63,23 +69,22 @@ class Acker:
             state = self._channels.get(channel)
             if state is None:
                 state = self._channels[channel] = _ChannelAcks()
-            state.pending[tag] = message
+            state.pending.add(tag)
             touched[id(channel)] = (channel, state)
-        for _channel, state in touched.values():
-            await self._advance(state)
+        for channel, state in touched.values():
+            await self._advance(channel, state)
 
-    async def _advance(self, state: _ChannelAcks) -> None:
+    async def _advance(self, channel: AckChannel, state: _ChannelAcks) -> None:
         top = state.acked
         while top + 1 in state.pending:
             top += 1
         if top == state.acked:
             return
-        last = state.pending[top]
         for tag in range(state.acked + 1, top + 1):
-            del state.pending[tag]
+            state.pending.discard(tag)
         state.acked = top
         try:
-            await last.ack(multiple=True)
+            await channel.basic_ack(top, multiple=True)
             self.acks_sent += 1
         except Exception as exc:  # noqa: BLE001 - the broker redelivers what it did not see acked
             log.warning(

@@ -5,6 +5,12 @@ No timer: an idle writer takes a lone message at once (low latency), a busy one 
 full batch waiting when it comes back (high throughput). Producers ``put`` without waiting;
 the queue is bounded by the broker's prefetch window, since nothing is acked before its
 commit.
+
+A writer must never die: the messages it holds would stay unacked, and never redelivered,
+for as long as the broker connection lives, and the multiple-ack watermark would hold back
+every later message with them. So a write is retried while PostgreSQL is away, a batch
+that cannot be written is split and each message that cannot be written is stored as a
+rejected message, and a writer whose loop fails anyway says so loudly and starts again.
 """
 
 import asyncio
@@ -26,6 +32,20 @@ from dispatcher.ingest.store import BatchResult, persist_batch
 log = structlog.get_logger("dispatcher.ingest")
 
 T = TypeVar("T")
+
+#: Untranslated failures of one write, each while PostgreSQL answered a probe, after which
+#: the data (a bug on it) is blamed rather than the server, and the write is refused.
+_SUSPECT_AFTER = 3
+
+
+class _Refused(Exception):
+    """This write cannot succeed as it is: PostgreSQL refused the data, or writing it
+    failed the same unexpected way while PostgreSQL answered."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
 
 
 @dataclass(slots=True)
@@ -94,7 +114,9 @@ class Batcher(Generic[T]):
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._writer(), name=f"ingest-writer-{i}")
+            asyncio.create_task(
+                self._writer(f"ingest-writer-{i}"), name=f"ingest-writer-{i}"
+            )
             for i in range(self._writers)
         ]
 
@@ -110,10 +132,10 @@ class Batcher(Generic[T]):
         for task in pending:
             task.cancel()
         if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
             log.warning(
                 "dispatcher.ingest.stop_abandoned", uncommitted=len(self._queue)
             )
-            await asyncio.gather(*pending, return_exceptions=True)
 
     def put(self, item: Incoming, token: T) -> None:
         """Queue one message; ``on_commit`` receives its token once it is committed."""
@@ -127,10 +149,26 @@ class Batcher(Generic[T]):
         self._wakeup.set()
         await asyncio.shield(done)
 
-    async def _writer(self) -> None:
+    async def _writer(self, name: str) -> None:
         link = _Link(self._engine)
+        delay = 0.1
         try:
-            await self._write_batches(link)
+            while True:
+                try:
+                    await self._write_batches(link)
+                except Exception as exc:  # noqa: BLE001 - a dead writer strands its messages
+                    # A bug: the batch went back to the queue uncommitted (see below).
+                    log.critical(
+                        "dispatcher.ingest.writer_crashed",
+                        writer=name,
+                        error_type=type(exc).__name__,
+                        restart_in=delay,
+                    )
+                    await link.close(broken=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._retry_max_delay)
+                else:
+                    return
         finally:
             await link.close()
 
@@ -146,39 +184,87 @@ class Batcher(Generic[T]):
                 self._queue.popleft()
                 for _ in range(min(self._batch_max, len(self._queue)))
             ]
-            await self._store(batch, link)
             try:
-                await self._on_commit([e.token for e in batch])
-            finally:
-                for entry in batch:
-                    if entry.done is not None and not entry.done.done():
-                        entry.done.set_result(None)
+                await self._store(batch, link)
+            except BaseException:
+                # Cancelled at stop, or a bug: nothing of it is acked; put it back for
+                # the next writer (at worst a message stored alone is stored again).
+                self._queue.extendleft(reversed(batch))
+                self._wakeup.set()
+                raise
+            await self._hand_over(batch)
+
+    async def _hand_over(self, batch: Sequence[_Entry[T]]) -> None:
+        try:
+            await self._on_commit([e.token for e in batch])
+        except Exception as exc:  # noqa: BLE001 - committed: the writer must go on
+            # Stored but maybe not acked: the broker redelivers those after a reconnect
+            # or restart, and ingest de-duplicates them.
+            log.critical(
+                "dispatcher.ingest.commit_handover_failed",
+                messages=len(batch),
+                error_type=type(exc).__name__,
+            )
+        finally:
+            for entry in batch:
+                if entry.done is not None and not entry.done.done():
+                    entry.done.set_result(None)
 
     async def _store(self, batch: Sequence[_Entry[T]], link: _Link) -> None:
         try:
             await self._write_retrying([e.item for e in batch], link)
-        except StorageConflict:
-            # One message PostgreSQL refuses must not fail the others: store them one by one.
+        except _Refused:
+            # One message that cannot be written must not fail the others: one by one.
             for entry in batch:
                 await self._store_alone(entry.item, link)
 
     async def _store_alone(self, item: Incoming, link: _Link) -> None:
+        """Store one message as it is, else as a rejected message, else as a rejected
+        message reduced to its body. Returns only once it is committed."""
         try:
             await self._write_retrying([item], link)
-        except StorageConflict:
-            log.error("dispatcher.ingest.storage_rejected", message_id=item.message_id)
-            item.outcome = Rejection(
-                RejectReason.STORAGE_REJECTED,
-                "PostgreSQL refused the event although it validated",
+        except _Refused as refused:
+            log.error(
+                "dispatcher.ingest.storage_rejected",
+                message_id=item.message_id,
+                error_type=refused.error_type,
             )
+            if isinstance(item.outcome, Rejection):
+                retry_as_rejected = False  # it was one already: keep its reason
+            else:
+                item.outcome = Rejection(RejectReason.STORAGE_REJECTED, refused.message)
+                retry_as_rejected = True
+        else:
+            return
+        if retry_as_rejected:
+            with contextlib.suppress(_Refused):
+                await self._write_retrying([item], link)
+                return
+        # What is left could only be refused by a broken schema or a bug in this code.
+        item.headers, item.routing_key, item.message_id = {}, None, None
+        while True:
             try:
                 await self._write_retrying([item], link)
-            except StorageConflict:
-                item.headers = {}  # the last thing that could be refused; the body is bytea
-                await self._write_retrying([item], link)
+            except _Refused as refused:
+                # Not committed, so never acked: keep trying, loudly, like an outage.
+                log.critical(
+                    "dispatcher.ingest.unstorable",
+                    error_type=refused.error_type,
+                    retry_in=self._retry_max_delay,
+                )
+                await asyncio.sleep(self._retry_max_delay)
+            else:
+                return
 
     async def _write_retrying(self, items: list[Incoming], link: _Link) -> None:
+        """Write and commit, waiting out PostgreSQL outages (backing off, forever).
+
+        Raises:
+            _Refused: PostgreSQL refused the data, or the write failed in an untranslated
+                way ``_SUSPECT_AFTER`` times while PostgreSQL answered a probe each time.
+        """
         delay = 0.1
+        suspect = 0
         while True:
             try:
                 with wrap_db_errors():
@@ -187,17 +273,29 @@ class Batcher(Generic[T]):
                         result = await persist_batch(
                             conn, items, max_body_bytes=self._max_body
                         )
-            except StorageConflict:
-                raise
+            except StorageConflict as exc:
+                raise _Refused(
+                    "PostgreSQL refused the event although it validated",
+                    type(exc).__name__,
+                ) from None
             except Exception as exc:  # noqa: BLE001 - the batch is kept and retried, never dropped
                 await link.close(broken=True)
-                if not isinstance(exc, StorageUnavailable):
-                    # Not a translated driver error: a driver state or a bug. Retrying is
-                    # the only way not to lose the batch; say so loudly (type only: PII).
+                unavailable = isinstance(exc, StorageUnavailable)
+                if not unavailable:
+                    # Not a translated driver error: a driver state or a bug. Type only (PII).
                     log.error(
                         "dispatcher.ingest.write_failed", error_type=type(exc).__name__
                     )
-                if self.storage_ok:
+                    if await self._answers(link):
+                        suspect += 1
+                        if suspect >= _SUSPECT_AFTER:
+                            raise _Refused(
+                                f"storing it failed ({type(exc).__name__})",
+                                type(exc).__name__,
+                            ) from None
+                    else:
+                        unavailable = True
+                if unavailable and self.storage_ok:
                     log.warning(
                         "dispatcher.ingest.storage_unavailable",
                         error=str(exc)
@@ -214,6 +312,17 @@ class Batcher(Generic[T]):
                 log.info("dispatcher.ingest.storage_recovered")
             self._account(result)
             return
+
+    async def _answers(self, link: _Link) -> bool:
+        """Whether PostgreSQL runs a query right now (on a fresh connection)."""
+        try:
+            with wrap_db_errors():
+                conn = await link.driver()
+                await conn.fetchval("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means "not now"
+            await link.close(broken=True)
+            return False
+        return True
 
     def _account(self, result: BatchResult) -> None:
         t = self.totals

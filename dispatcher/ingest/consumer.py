@@ -11,12 +11,22 @@ scopes, middlewares, handler wrappers: most of the consumer's CPU in the profile
 callback parses the message and appends it to the batcher without waiting: the batch size
 is set by what is waiting, not by how many handlers are in flight. FastStream still owns
 the connection, the topology and the low-volume dead-letter subscriber.
+
+It skips aio-pika's per-message work too (an ``IncomingMessage`` and a second task for
+each delivery): aio-pika's robust queue registers the consumer, and restores it after a
+reconnect, as usual; the first delivery it hands over on a channel replaces, on that
+channel, aio-pika's callback with ours, which aiormq then calls with the bare delivery.
 """
 
 import asyncio
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustQueue
+from aio_pika.exceptions import ChannelInvalidStateError
+from aiormq.abc import DeliveredMessage
 from faststream import AckPolicy, StreamMessage
 from faststream.rabbit import (
     Channel,
@@ -32,6 +42,7 @@ from dispatcher import topology
 from dispatcher.events.parse import ParsedEvent, parse_event
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.events.routing import RoutingRule, route
+from dispatcher.ingest.acker import AckableMessage
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.settings import Settings
@@ -42,7 +53,7 @@ class IngestRouter:
 
     def __init__(
         self,
-        batcher: Batcher[AbstractIncomingMessage],
+        batcher: Batcher[AckableMessage],
         *,
         max_body_bytes: int,
         rules: Sequence[RoutingRule],
@@ -57,7 +68,22 @@ class IngestRouter:
     def incoming(self, message: AbstractIncomingMessage, source: Source) -> Incoming:
         """Parse and route one message; pure apart from reading it. Never raises: a
         message that is never committed would hold back the acks of all after it."""
-        body = message.body
+        return self._incoming(
+            message.body,
+            source,
+            message.routing_key,
+            message.message_id,
+            message.headers,
+        )
+
+    def _incoming(
+        self,
+        body: bytes,
+        source: Source,
+        routing_key: str | None,
+        message_id: str | None,
+        headers: Mapping[str, Any] | None,
+    ) -> Incoming:
         outcome: Accepted | Rejection
         try:
             parsed = parse_event(
@@ -83,14 +109,35 @@ class IngestRouter:
             body=body,
             outcome=outcome,
             source=source,
-            routing_key=message.routing_key,
-            message_id=message.message_id,
-            headers=message.headers or {},
+            routing_key=routing_key,
+            message_id=message_id,
+            headers=headers or {},
         )
 
     async def on_ingest(self, raw: AbstractIncomingMessage) -> None:
+        """aio-pika's callback: only until ``on_delivery`` takes over on the channel."""
         # No await: the callback returns at once and the acker acks after the commit.
         self._batcher.put(self.incoming(raw, Source.INGEST), raw)
+        with contextlib.suppress(ChannelInvalidStateError):  # closed: restored later
+            channel, tag = raw.channel, raw.consumer_tag
+            # Only replace a live registration: never revive a cancelled consumer.
+            if isinstance(channel, aiormq.Channel) and tag in channel.consumers:
+                channel.consumers[tag] = self.on_delivery
+
+    async def on_delivery(self, raw: DeliveredMessage) -> None:
+        """aiormq's callback on the ingest channel: the same as ``on_ingest``, without
+        aio-pika's ``IncomingMessage`` (the acker acks through ``raw.channel``)."""
+        properties = raw.header.properties
+        self._batcher.put(
+            self._incoming(
+                raw.body,
+                Source.INGEST,
+                raw.routing_key,
+                properties.message_id,
+                properties.headers,
+            ),
+            raw,
+        )
 
     async def on_dead_letter(self, raw: AbstractIncomingMessage) -> None:
         # A valid event the broker gave up on (delivery limit) is still an alert: store it
@@ -157,7 +204,8 @@ class IngestConsumer:
         )
         for key in self._bindings:
             await queue.bind(exchange, routing_key=key)
-        # A robust queue: after a reconnect aio-pika declares it and consumes it again.
+        # A robust queue: after a reconnect aio-pika declares it and consumes it again
+        # (with on_ingest, until its first delivery hands the channel to on_delivery).
         self._consumer_tag = await queue.consume(self._router.on_ingest)
         self._queue_obj = queue
 

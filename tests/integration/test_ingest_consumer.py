@@ -4,8 +4,10 @@ import asyncio
 import json
 import time
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+import aiormq
 import pytest
 from sqlalchemy import text
 
@@ -14,6 +16,7 @@ from dispatcher.app import IngestService
 from dispatcher.publisher import Publisher
 from dispatcher.testing import event_bytes
 from tests.conftest import AMQP_URL
+from tests.tcp_relay import TcpRelay
 from tests.unit.test_parse import MALFORMED
 
 pytestmark = [
@@ -229,6 +232,9 @@ async def test_dead_lettered_messages_are_consumed_not_lost(
     assert (
         await queue_depth(amqp, topology.ingest_dlq(service.settings.queue_prefix)) == 0
     )
+    # Ready is 0 once delivered; that they were acked too shows here (nothing else
+    # was consumed in this test), since a failed ack is not counted.
+    assert service.acker.acks_sent >= 1
 
 
 async def test_ingest_queue_is_quorum_with_delivery_limit_and_dlx(
@@ -260,3 +266,55 @@ async def test_unroutable_publish_is_an_error(make_settings) -> None:
     async with Publisher(AMQP_URL, settings.exchange) as publisher:
         with pytest.raises(PublishError, match="unroutable"):
             await publisher.publish(json.dumps({"a": 1}).encode(), "crisis.detected")
+
+
+async def ingest_delivery_callback(service: IngestService) -> object:
+    """The callback aiormq calls for the ingest consumer on its current channel."""
+    queue, tag = service.consumer._queue_obj, service.consumer._consumer_tag
+    assert queue is not None
+    assert tag is not None
+    channel = await queue.channel.get_underlay_channel()
+    assert isinstance(channel, aiormq.Channel)
+    return channel.consumers.get(tag)
+
+
+async def test_broker_connection_reset_restores_the_consumer_and_loses_nothing(
+    engine, database, make_settings, amqp
+) -> None:
+    """After a TCP reset of the broker connection, the ingest consumer is restored (and
+    the lean delivery path takes it over again); every event is stored once and acked."""
+    amqp_url = urlsplit(AMQP_URL)
+    assert amqp_url.hostname is not None
+    assert amqp_url.port is not None
+    async with TcpRelay(amqp_url.hostname, amqp_url.port) as relay:
+        settings = make_settings(
+            database,
+            channels=WEBHOOKS,
+            amqp_url=urlunsplit(
+                amqp_url._replace(
+                    netloc=amqp_url.netloc.replace(
+                        f":{amqp_url.port}", f":{relay.port}"
+                    )
+                )
+            ),
+        )
+        service = IngestService(settings, engine)
+        await service.start()
+        try:
+            events = [
+                (event_bytes(recipients=[{"channel": "sms", "to": "+15551234567"}]), k)
+                for k in ["crisis.detected"] * 200
+            ]
+            await publish(settings, events[:100])  # straight to the broker
+            assert await wait_for(engine, "SELECT count(*) FROM events", 100) == 100
+            assert await ingest_delivery_callback(service) == service.router.on_delivery
+            relay.reset()
+            await publish(settings, events[100:])
+            assert await wait_for(engine, "SELECT count(*) FROM events", 200) == 200
+            assert relay.connections >= 2, "the dispatcher reconnected"
+            assert await ingest_delivery_callback(service) == service.router.on_delivery
+        finally:
+            await service.stop()
+    # Stopped and disconnected: anything left unacked would be back in the queue.
+    assert await queue_depth(amqp, topology.ingest_queue(settings.queue_prefix)) == 0
+    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 200) == 200
