@@ -6,16 +6,19 @@ the real ``twilio`` client can be pointed at it (``client.api.base_url``).
 """
 
 import asyncio
+import base64
+import itertools
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
-from typing import Any, Self
+from email.utils import formatdate
+from typing import Any, Final, Self
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import hdrs, web
 
 _API = "/2010-04-01"
+_MESSAGES: Final = re.compile(_API + r"/Accounts/([^/]+)/Messages\.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +62,15 @@ class TwilioSink:
         #: Requests that reached the handler, including refused ones.
         self.requests = 0
         self.delay: float | None = None
-        self._auth_token = auth_token
+        token = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._authorization = f"Basic {token}".encode()
         self._fault: _Fault | None = None
         self._peers: set[object] = set()
-        app = web.Application()
-        app.router.add_post(_API + "/Accounts/{sid}/Messages.json", self._create)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        # Unique per sink, not secret: a random half and a counter, no syscall per SID.
+        self._sid_prefix = "SM" + secrets.token_hex(8)
+        self._sids = itertools.count()
+        self._date = (0, "")
+        self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None
 
     @property
@@ -75,7 +81,7 @@ class TwilioSink:
     @property
     def open_connections(self) -> int:
         """Client connections open right now."""
-        server = self._runner.server
+        server = self._runner.server if self._runner is not None else None
         return len(server.connections) if server is not None else 0
 
     @property
@@ -99,7 +105,11 @@ class TwilioSink:
         self.delay = None
 
     async def start(self) -> Self:
-        if self._runner.server is None:
+        if self._runner is None:
+            # aiohttp's low-level server: one endpoint needs no application, router
+            # or middleware chain per request.
+            server = web.Server(self._handle, access_log=None)
+            self._runner = web.ServerRunner(server, shutdown_timeout=0.1)
             await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self.port)
         await self._site.start()
@@ -107,7 +117,9 @@ class TwilioSink:
         return self
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         self._site = None
 
     async def go_down(self) -> None:
@@ -115,7 +127,7 @@ class TwilioSink:
         if self._site is not None:
             await self._site.stop()
             self._site = None
-        if self._runner.server is not None:
+        if self._runner is not None and self._runner.server is not None:
             for handler in self._runner.server.connections:
                 handler.force_close()
 
@@ -128,13 +140,21 @@ class TwilioSink:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def _create(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        route = _MESSAGES.fullmatch(request.path)
+        if route is None:
+            return web.Response(status=404, text="404: Not Found")
+        if request.method != hdrs.METH_POST:
+            return web.Response(status=405, headers={hdrs.ALLOW: hdrs.METH_POST})
+        return await self._create(request, route[1])
+
+    async def _create(self, request: web.BaseRequest, sid: str) -> web.Response:
         self.requests += 1
         if request.transport is not None:
             self._peers.add(request.transport.get_extra_info("peername"))
         if self.delay is not None:
             await asyncio.sleep(self.delay)
-        if not self._authorized(request):
+        if not self._authorized(request, sid):
             return _error(401, 20003, "Authenticate")
         fault = self._take_fault()
         if fault is not None:
@@ -154,7 +174,7 @@ class TwilioSink:
         if not isinstance(sender, str) and not isinstance(service, str):
             return _error(400, 21603, "A 'From' or 'MessagingServiceSid' is required.")
         sms = ReceivedSms(
-            sid="SM" + secrets.token_hex(16),
+            sid=f"{self._sid_prefix}{next(self._sids):016x}",
             account_sid=self.account_sid,
             messaging_service_sid=service if isinstance(service, str) else None,
             received_at=time.time(),
@@ -163,18 +183,20 @@ class TwilioSink:
             body=body,
         )
         self.received.append(sms)
-        return web.json_response(_resource(sms), status=201)
+        return web.json_response(_resource(sms, self._http_date()), status=201)
 
-    def _authorized(self, request: web.Request) -> bool:
-        try:
-            auth = BasicAuth.decode(request.headers.get(hdrs.AUTHORIZATION, ""))
-        except ValueError:
-            return False
-        return (
-            request.match_info["sid"] == self.account_sid
-            and secrets.compare_digest(auth.login, self.account_sid)
-            and secrets.compare_digest(auth.password, self._auth_token)
+    def _authorized(self, request: web.BaseRequest, sid: str) -> bool:
+        # Twilio's clients all send the same Basic header for an account.
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        return sid == self.account_sid and secrets.compare_digest(
+            header.encode("utf-8", "surrogateescape"), self._authorization
         )
+
+    def _http_date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
 
     def _take_fault(self) -> _Fault | None:
         fault = self._fault
@@ -197,8 +219,7 @@ def _error(
     return web.json_response(payload, status=status, headers=headers)
 
 
-def _resource(sms: ReceivedSms) -> dict[str, Any]:
-    now = format_datetime(datetime.now(UTC), usegmt=True)
+def _resource(sms: ReceivedSms, now: str) -> dict[str, Any]:
     return {
         "sid": sms.sid,
         "account_sid": sms.account_sid,

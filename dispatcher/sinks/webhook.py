@@ -71,13 +71,12 @@ class WebhookSink:
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not crypto
         self._faults: dict[str, _Fault] = {}
         self._requests: list[ReceivedRequest] = []
-        self._arrived = asyncio.Condition()
+        #: ``wait_for`` callers: how many requests (to which path) each waits for.
+        self._waiters: list[tuple[int, str | None, asyncio.Future[None]]] = []
         self._release = asyncio.Event()
         #: Accepted (2xx) requests per ``webhook-id``.
         self.accepted: Counter[str] = Counter()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None
 
     @property
@@ -89,12 +88,18 @@ class WebhookSink:
         return f"{scheme}://{self.host}:{self._port}{path}"
 
     async def start(self) -> None:
+        # aiohttp's low-level server: every path is handled alike, so no application,
+        # router or middleware chain per request.
+        server = web.Server(self._handle, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await self._runner.setup()
         await self.up()
 
     async def stop(self) -> None:
         self._release.set()  # let hanging handlers finish so shutdown is quick
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         self._site = None
 
     async def __aenter__(self) -> Self:
@@ -109,12 +114,14 @@ class WebhookSink:
         if self._site is not None:
             await self._site.stop()
             self._site = None
-        server = self._runner.server
+        server = self._runner.server if self._runner is not None else None
         if server is not None:
             await server.shutdown(0.1)
 
     async def up(self) -> None:
         """Listen again, on the same port."""
+        if self._runner is None:
+            raise RuntimeError("WebhookSink.up() before start()")
         self._site = web.TCPSite(
             self._runner, self.host, self._port, ssl_context=self._ssl
         )
@@ -190,9 +197,19 @@ class WebhookSink:
 
         Callers bound the wait with ``asyncio.timeout``.
         """
-        async with self._arrived:
-            await self._arrived.wait_for(lambda: len(self.requests(path)) >= count)
+        if len(self.requests(path)) < count:
+            waiter = (count, path, asyncio.get_running_loop().create_future())
+            self._waiters.append(waiter)
+            try:
+                await waiter[2]
+            finally:
+                self._waiters.remove(waiter)
         return self.requests(path)
+
+    def _wake(self) -> None:
+        for count, path, future in self._waiters:
+            if not future.done() and len(self.requests(path)) >= count:
+                future.set_result(None)
 
     # -- serving ----------------------------------------------------------------------
 
@@ -208,7 +225,7 @@ class WebhookSink:
                 del self._faults[path]
         return fault
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
         received_at = time.time()
         fault = self._take(request.path)
@@ -223,12 +240,12 @@ class WebhookSink:
             webhook_id = headers.get("webhook-id")
             if webhook_id is not None:
                 self.accepted[webhook_id] += 1
-        async with self._arrived:
-            self._arrived.notify_all()
+        if self._waiters:
+            self._wake()
         return await self._answer(request, fault)
 
     async def _answer(
-        self, request: web.Request, fault: _Fault | None
+        self, request: web.BaseRequest, fault: _Fault | None
     ) -> web.StreamResponse:
         if fault is None or fault.kind == "flaky":
             return web.Response(status=200 if fault is None else fault.status)

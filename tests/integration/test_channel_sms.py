@@ -241,6 +241,18 @@ async def test_no_number_token_or_sid_in_logs(
         assert secret not in caplog.text
 
 
+async def test_twilio_request_log_never_runs(
+    sink: TwilioSink, make_channel: MakeChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even with its logger at DEBUG, twilio's client logs no request or response."""
+    caplog.set_level(logging.DEBUG, logger="dispatcher.channels.sms.http")
+    channel = make_channel()
+    await channel.send(_message())
+    sink.fail(429, 20429, times=1, retry_after="7")
+    await _send_error(channel)
+    assert [r for r in caplog.records if r.name.startswith("dispatcher.channels")] == []
+
+
 def test_provider_validation() -> None:
     """Exactly one sender; SIDs and numbers have Twilio's shapes."""
     base: dict[str, Any] = {"name": "t", "account_sid": SID, "auth_token": TOKEN}
