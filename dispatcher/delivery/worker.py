@@ -59,6 +59,10 @@ class ChannelWorker:
         self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
+        #: Set by the last fill when it had to leave due rows behind for want of a slot:
+        #: every slot (or every general slot) taken, or these recipients at their cap.
+        self._short_of_slots = False
+        self._capped: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -108,7 +112,9 @@ class ChannelWorker:
 
     async def _wait(self) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait())]
-        if len(self._inflight) >= self._concurrency:
+        if self._short_of_slots or self._capped:
+            # Due rows may be waiting for a slot rather than for a notification: nothing
+            # will announce them again, so a freed slot must start the next claim.
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
         _done, pending = await asyncio.wait(
             waiters,
@@ -123,9 +129,11 @@ class ChannelWorker:
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
         free = self._concurrency - len(self._inflight)
+        general = self._concurrency - self._reserve - self._general_inflight()
+        self._short_of_slots = free <= 0 or general <= 0
+        self._capped = set()
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
-        general = self._concurrency - self._reserve - self._general_inflight()
         # Reserved slots only ever take critical deliveries.
         limit, max_priority = (
             (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
@@ -133,7 +141,8 @@ class ChannelWorker:
         cap = self._settings.max_inflight_per_recipient
         blocked = self._providers.blocked_recipients()
         if cap is not None:
-            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
+            self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
+            blocked += self._capped
         with wrap_db_errors():
             async with self._engine.begin() as conn:
                 rows = await claim(
@@ -149,6 +158,7 @@ class ChannelWorker:
             if cap is not None and self._per_recipient[row.recipient] >= cap:
                 # One claim can return more rows for a recipient than its cap allows:
                 # give those back at once, without counting an attempt.
+                self._capped.add(row.recipient)
                 self._recorder.add(
                     Outcome(
                         row.id,
@@ -173,7 +183,8 @@ class ChannelWorker:
         self._per_recipient[recipient] -= 1
         if self._per_recipient[recipient] <= 0:
             del self._per_recipient[recipient]
-        self._slot_freed.set()
+        if self._short_of_slots or recipient in self._capped:
+            self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "dispatcher.delivery.worker_bug",

@@ -317,6 +317,45 @@ async def test_new_deliveries_wake_the_worker_through_listen_notify(
     assert row.status == "delivered"
 
 
+@pytest.mark.parametrize(
+    ("limits", "severity"),
+    [
+        ({"max_inflight_per_recipient": 1}, "critical"),
+        (
+            {
+                "concurrency": 2,
+                "critical_reserve": 1,
+                "max_inflight_per_recipient": None,
+            },
+            "low",
+        ),
+    ],
+    ids=["endpoint-at-its-cap", "general-slots-taken"],
+)
+async def test_a_freed_slot_starts_the_next_claim_without_waiting_for_the_sweep(
+    stack: StackFactory,
+    webhook_sink: WebhookSink,
+    limits: dict[str, Any],
+    severity: str,
+) -> None:
+    """Rows left behind for want of a slot are claimed when one frees, not at the sweep."""
+    webhook_sink.trickle("/case-system", size=2, interval=0.1)  # ~0.2 s per request
+    config = channels(webhook_sink, poll_interval=30.0, **limits)
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        await asyncio.sleep(0.5)  # the first sweep is over; the next one is 30 s away
+        # Their notifications all arrive while the first attempt is still open: after
+        # that, only a freed slot can start the claims of the rest.
+        ids = await s.publish(
+            *(event_to(("webhook", "case-system"), severity=severity) for _ in range(4))
+        )
+        rows = await s.wait_final(ids, count=4, timeout=15)
+    assert {r.status for r in rows} == {"delivered"}
+    assert webhook_sink.duplicates() == []
+
+
 async def test_the_sweep_finds_deliveries_no_notification_announced(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
