@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.config import ChannelDelivery
@@ -46,7 +46,7 @@ class ChannelWorker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.kind = kind
-        self._engine = engine
+        self._link = KeptConnection(engine)
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
@@ -92,11 +92,21 @@ class ChannelWorker:
                 )
 
     async def _run(self) -> None:
+        try:
+            await self._claim_loop()
+        except BaseException:
+            # Perhaps mid-statement: never hand it back to the pool as it is.
+            await self._link.close(broken=True)
+            raise
+        await self._link.close()
+
+    async def _claim_loop(self) -> None:
         delay = self._settings.poll_interval
         while not self._stopping:
             try:
                 claimed, full = await self._fill()
             except DispatcherError as exc:
+                await self._link.close(broken=True)
                 log.warning(
                     "dispatcher.delivery.claim_failed",
                     channel=self.kind.value,
@@ -144,16 +154,15 @@ class ChannelWorker:
             self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
             blocked += self._capped
         with wrap_db_errors():
-            async with self._engine.begin() as conn:
-                rows = await claim(
-                    conn,
-                    self.kind.value,
-                    limit=limit,
-                    lease_seconds=self._settings.lease_seconds,
-                    owner=self._owner,
-                    blocked=blocked,
-                    max_priority=max_priority,
-                )
+            rows = await claim(
+                await self._link.driver(),
+                self.kind.value,
+                limit=limit,
+                lease_seconds=self._settings.lease_seconds,
+                owner=self._owner,
+                blocked=blocked,
+                max_priority=max_priority,
+            )
         for row in rows:
             if cap is not None and self._per_recipient[row.recipient] >= cap:
                 # One claim can return more rows for a recipient than its cap allows:

@@ -9,7 +9,7 @@ late result from an expired claim cannot overwrite the newer one.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from sqlalchemy import text
@@ -17,29 +17,29 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.db.models import DeliveryStatus
 
-_CLAIM = text(
-    """
+#: asyncpg form ($1 channel, $2 max_priority, $3 blocked, $4 limit, $5 owner, $6 lease
+#: seconds): one statement, so it is its own transaction and one round trip per claim.
+_CLAIM = """
     WITH due AS (
         SELECT id FROM deliveries
-        WHERE channel = :channel
+        WHERE channel = $1
           AND status IN ('pending', 'in_flight')
           AND next_attempt_at <= now()
-          AND priority <= :max_priority
-          AND NOT (recipient = ANY(CAST(:blocked AS text[])))
+          AND priority <= $2
+          AND NOT (recipient = ANY($3::text[]))
         ORDER BY priority, next_attempt_at
-        LIMIT :limit
+        LIMIT $4
         FOR UPDATE SKIP LOCKED
     )
     UPDATE deliveries AS d
     SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-        lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
+        lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
         updated_at = now()
     FROM due, events AS e
     WHERE d.id = due.id AND e.id = d.event_id
     RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
               d.created_at, d.traceparent, e.payload
     """
-)
 
 _COMPLETE = text(
     """
@@ -165,8 +165,14 @@ class AuditNote:
     detail: str = "{}"
 
 
+class Executor(Protocol):
+    """The part of ``asyncpg.Connection`` the claim uses (a ``KeptConnection``'s driver)."""
+
+    async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
+
+
 async def claim(
-    conn: AsyncConnection,
+    conn: Executor,
     channel: str,
     *,
     limit: int,
@@ -175,17 +181,13 @@ async def claim(
     blocked: Sequence[str] = (),
     max_priority: int = 4,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries of one channel, most urgent first."""
-    rows = await conn.execute(
-        _CLAIM,
-        {
-            "channel": channel,
-            "limit": limit,
-            "lease": lease_seconds,
-            "owner": owner,
-            "blocked": list(blocked),
-            "max_priority": max_priority,
-        },
+    """Lease up to ``limit`` due deliveries of one channel, most urgent first.
+
+    Outside a transaction the lease is committed when this returns (asyncpg hands the
+    rows over only after the statement's implicit commit).
+    """
+    rows = await conn.fetch(
+        _CLAIM, channel, max_priority, list(blocked), limit, owner, lease_seconds
     )
     return [Claimed(*row) for row in rows]
 

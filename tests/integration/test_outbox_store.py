@@ -76,8 +76,10 @@ async def seed(
 
 async def claim_now(engine: AsyncEngine, channel: str = "email", **kwargs):
     params = {"limit": 10, "lease_seconds": 60.0, "owner": "test", **kwargs}
-    async with engine.begin() as conn:
-        return await claim(conn, channel, **params)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        return await claim(driver, channel, **params)
 
 
 def attempt_record(n: int, outcome: str = "failed") -> AttemptRecord:
