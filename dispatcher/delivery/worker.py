@@ -10,7 +10,6 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +22,7 @@ from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind, Severity
-from dispatcher.outbox.store import Claimed, Outcome, claim
+from dispatcher.outbox.store import Claimed, claim
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -141,7 +140,6 @@ class ChannelWorker:
         free = self._concurrency - len(self._inflight)
         general = self._concurrency - self._reserve - self._general_inflight()
         self._short_of_slots = free <= 0 or general <= 0
-        self._capped = set()
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
         # Reserved slots only ever take critical deliveries.
@@ -151,10 +149,9 @@ class ChannelWorker:
         cap = self._settings.max_inflight_per_recipient
         blocked = self._providers.blocked_recipients()
         if cap is not None:
-            self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
-            blocked += self._capped
+            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
         with wrap_db_errors():
-            rows = await claim(
+            rows, considered = await claim(
                 await self._link.driver(),
                 self.kind.value,
                 limit=limit,
@@ -162,27 +159,20 @@ class ChannelWorker:
                 owner=self._owner,
                 blocked=blocked,
                 max_priority=max_priority,
+                cap=cap,
+                in_flight=self._per_recipient,
             )
         for row in rows:
-            if cap is not None and self._per_recipient[row.recipient] >= cap:
-                # One claim can return more rows for a recipient than its cap allows:
-                # give those back at once, without counting an attempt.
-                self._capped.add(row.recipient)
-                self._recorder.add(
-                    Outcome(
-                        row.id,
-                        row.lease_token,
-                        DeliveryStatus.PENDING,
-                        next_attempt_at=datetime.now(UTC),
-                        refund=1,
-                    )
-                )
-                continue
             task = asyncio.create_task(self._attempt(row))
             self._inflight[task] = (row.priority, row.recipient)
             self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
-        return len(rows), len(rows) == limit
+        if cap is not None:
+            # Kept from one fill to the next, so an attempt that ends during a claim
+            # still wakes the worker for its recipient.
+            self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
+        # A full set of candidates: more may be due now, even if the cap left some behind.
+        return len(rows), considered == limit
 
     def _general_inflight(self) -> int:
         return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)

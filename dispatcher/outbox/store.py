@@ -6,10 +6,10 @@ whose worker died becomes claimable again by the same query. Each claim draws a 
 late result from an expired claim cannot overwrite the newer one.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from sqlalchemy import text
@@ -18,10 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dispatcher.db.models import DeliveryStatus
 
 #: asyncpg form ($1 channel, $2 max_priority, $3 blocked, $4 limit, $5 owner, $6 lease
-#: seconds): one statement, so it is its own transaction and one round trip per claim.
+#: seconds, $7/$8 recipients and their attempts in flight, $9 per-recipient cap or NULL):
+#: one statement, so it is its own transaction and one round trip per claim. Candidates
+#: beyond a recipient's room under the cap are locked for the statement only and left
+#: as they were: not leased, not reordered, due for the next claim.
 _CLAIM = """
-    WITH due AS (
-        SELECT id FROM deliveries
+    WITH candidates AS (
+        SELECT id, recipient, priority, next_attempt_at FROM deliveries
         WHERE channel = $1
           AND status IN ('pending', 'in_flight')
           AND next_attempt_at <= now()
@@ -30,15 +33,26 @@ _CLAIM = """
         ORDER BY priority, next_attempt_at
         LIMIT $4
         FOR UPDATE SKIP LOCKED
+    ), due AS (
+        SELECT c.id, c.next_attempt_at AS due_at
+        FROM (SELECT *, row_number() OVER (PARTITION BY recipient
+                                           ORDER BY priority, next_attempt_at) AS nth
+              FROM candidates) AS c
+        LEFT JOIN unnest($7::text[], $8::int[]) AS busy(recipient, n) USING (recipient)
+        WHERE $9::int IS NULL OR c.nth <= $9::int - coalesce(busy.n, 0)
+    ), leased AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
+            lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
+            updated_at = now()
+        FROM due, events AS e
+        WHERE d.id = due.id AND e.id = d.event_id
+        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
+                  d.created_at, d.traceparent, e.payload, due.due_at
     )
-    UPDATE deliveries AS d
-    SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-        lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
-        updated_at = now()
-    FROM due, events AS e
-    WHERE d.id = due.id AND e.id = d.event_id
-    RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-              d.created_at, d.traceparent, e.payload
+    SELECT id, event_id, recipient, attempts, lease_token, priority, created_at,
+           traceparent, payload, (SELECT count(*) FROM candidates) AS considered
+    FROM leased ORDER BY priority, due_at
     """
 
 _COMPLETE = text(
@@ -171,6 +185,14 @@ class Executor(Protocol):
     async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
 
 
+class Claim(NamedTuple):
+    """What one claim leased, most urgent first, and how many due rows it looked at."""
+
+    rows: list[Claimed]
+    #: ``limit`` when there may be more due right now (some were left under the cap).
+    considered: int
+
+
 async def claim(
     conn: Executor,
     channel: str,
@@ -180,16 +202,31 @@ async def claim(
     owner: str,
     blocked: Sequence[str] = (),
     max_priority: int = 4,
-) -> list[Claimed]:
+    cap: int | None = None,
+    in_flight: Mapping[str, int] | None = None,
+) -> Claim:
     """Lease up to ``limit`` due deliveries of one channel, most urgent first.
 
-    Outside a transaction the lease is committed when this returns (asyncpg hands the
-    rows over only after the statement's implicit commit).
+    With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
+    the rest stay due, untouched. Outside a transaction the lease is committed when this
+    returns (asyncpg hands the rows over only after the statement's implicit commit).
     """
+    busy = in_flight or {}
     rows = await conn.fetch(
-        _CLAIM, channel, max_priority, list(blocked), limit, owner, lease_seconds
+        _CLAIM,
+        channel,
+        max_priority,
+        list(blocked),
+        limit,
+        owner,
+        lease_seconds,
+        list(busy),
+        list(busy.values()),
+        cap,
     )
-    return [Claimed(*row) for row in rows]
+    return Claim(
+        [Claimed(*row[:-1]) for row in rows], rows[0]["considered"] if rows else 0
+    )
 
 
 async def complete(

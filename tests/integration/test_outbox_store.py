@@ -79,7 +79,7 @@ async def claim_now(engine: AsyncEngine, channel: str = "email", **kwargs):
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
-        return await claim(driver, channel, **params)
+        return (await claim(driver, channel, **params)).rows
 
 
 def attempt_record(n: int, outcome: str = "failed") -> AttemptRecord:
@@ -131,6 +131,34 @@ async def test_claim_with_max_priority_takes_only_critical(engine: AsyncEngine) 
     critical = await seed(engine, severity="critical")
     claimed = await claim_now(engine, max_priority=0)
     assert [c.id for c in claimed] == [critical]
+
+
+async def test_claim_leaves_what_is_over_a_recipients_cap_untouched(
+    engine: AsyncEngine,
+) -> None:
+    """Over the cap (minus what is in flight), rows stay due and in order, not leased."""
+    first, second, third = [
+        await seed(engine, channel="webhook", recipient="busy", due_in=-10 + n)
+        for n in range(3)
+    ]
+    other = await seed(engine, channel="webhook", recipient="quiet", due_in=-1)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        result = await claim(
+            driver,
+            "webhook",
+            limit=10,
+            lease_seconds=60.0,
+            owner="test",
+            cap=3,
+            in_flight={"busy": 1},
+        )
+    assert [c.id for c in result.rows] == [first, second, other]
+    assert result.considered == 4
+    left = await row(engine, third)
+    assert (left.status, left.attempts, left.lease_token) == ("pending", 0, None)
+    assert [c.id for c in await claim_now(engine, "webhook")] == [third]
 
 
 async def test_claim_is_a_lease_with_a_fresh_token_and_counts_the_attempt(
