@@ -6,6 +6,7 @@ whose worker died becomes claimable again by the same query. Each claim draws a 
 late result from an expired claim cannot overwrite the newer one.
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,7 +56,20 @@ _CLAIM = """
     FROM leased ORDER BY priority, due_at
     """
 
-_COMPLETE = text(
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters to asyncpg's ``$n`` (``::type`` casts are left alone)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
+
+
+_COMPLETE, _COMPLETE_PARAMS = _positional(
     """
     WITH r AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
@@ -180,7 +194,7 @@ class AuditNote:
 
 
 class Executor(Protocol):
-    """The part of ``asyncpg.Connection`` the claim uses (a ``KeptConnection``'s driver)."""
+    """The part of ``asyncpg.Connection`` claims and outcomes use (a kept connection)."""
 
     async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
 
@@ -230,9 +244,12 @@ async def claim(
 
 
 async def complete(
-    conn: AsyncConnection, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
+    conn: Executor, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
 ) -> list[DeadLettered]:
-    """Apply outcomes (fenced by lease token), record every attempt, audit dead letters."""
+    """Apply outcomes (fenced by lease token), record every attempt, audit dead letters.
+
+    One statement: outside a transaction it is its own, all or nothing.
+    """
     attempts = [(o.delivery_id, a) for o in outcomes for a in o.attempts]
     params: dict[str, Any] = {
         "ids": [o.delivery_id for o in outcomes],
@@ -257,19 +274,19 @@ async def complete(
         "x_kinds": [n.kind for n in notes],
         "x_details": [n.detail for n in notes],
     }
-    rows = await conn.execute(_COMPLETE, params)
+    rows = await conn.fetch(_COMPLETE, *(params[name] for name in _COMPLETE_PARAMS))
     return [
         DeadLettered(
-            r.id,
-            r.event_id,
-            r.channel,
-            r.attempts,
-            r.last_error_class,
-            r.last_error_message,
-            r.dead_reason,
+            r["id"],
+            r["event_id"],
+            r["channel"],
+            r["attempts"],
+            r["last_error_class"],
+            r["last_error_message"],
+            r["dead_reason"],
         )
         for r in rows
-        if r.status == DeliveryStatus.DEAD
+        if r["status"] == DeliveryStatus.DEAD
     ]
 
 

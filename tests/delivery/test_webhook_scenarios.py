@@ -356,6 +356,26 @@ async def test_a_freed_slot_starts_the_next_claim_without_waiting_for_the_sweep(
     assert webhook_sink.duplicates() == []
 
 
+async def test_kept_connections_are_replaced_after_postgresql_drops_them(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """Claims and outcomes resume on new connections once their kept ones are killed."""
+    async with stack(channels=channels(webhook_sink)) as s:
+        (first,) = await s.publish(event_to(("webhook", "crisis-line")))
+        await s.wait_final([first], count=1)
+        # Every other backend of this database: the worker's claim connection, the
+        # recorder's, the ingest writers', the LISTEN connection and the pool's.
+        await s.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        ids = await s.publish(*(event_to(("webhook", "crisis-line")) for _ in range(3)))
+        rows = await s.wait_final(ids, count=3)
+    assert {r.status for r in rows} == {"delivered"}
+    assert {r.attempts for r in rows} == {1}
+    assert webhook_sink.duplicates() == []
+
+
 async def test_the_sweep_finds_deliveries_no_notification_announced(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:

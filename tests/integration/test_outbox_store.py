@@ -82,6 +82,14 @@ async def claim_now(engine: AsyncEngine, channel: str = "email", **kwargs):
         return (await claim(driver, channel, **params)).rows
 
 
+async def complete_now(engine: AsyncEngine, outcomes, notes=()):
+    """``complete`` as the recorder runs it: one statement on a connection of its own."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        return await complete(driver, outcomes, notes)
+
+
 def attempt_record(n: int, outcome: str = "failed") -> AttemptRecord:
     now = datetime.now(UTC)
     return AttemptRecord(
@@ -195,28 +203,26 @@ async def test_expired_lease_is_claimed_again_and_late_result_is_fenced_off(
     assert second.lease_token != first.lease_token
     assert second.attempts == 2
 
-    async with engine.begin() as conn:
-        late = Outcome(
-            delivery,
-            first.lease_token,
-            DeliveryStatus.DEAD,
-            error_class="timeout",
-            attempts=(attempt_record(1),),
-        )
-        assert await complete(conn, [late]) == []
+    late = Outcome(
+        delivery,
+        first.lease_token,
+        DeliveryStatus.DEAD,
+        error_class="timeout",
+        attempts=(attempt_record(1),),
+    )
+    assert await complete_now(engine, [late]) == []
     stored = await row(engine, delivery)
     assert stored.status == DeliveryStatus.IN_FLIGHT
     assert stored.lease_owner == "alive"
 
-    async with engine.begin() as conn:
-        done = Outcome(
-            delivery,
-            second.lease_token,
-            DeliveryStatus.DELIVERED,
-            provider="primary",
-            attempts=(attempt_record(2, "delivered"),),
-        )
-        await complete(conn, [done])
+    done = Outcome(
+        delivery,
+        second.lease_token,
+        DeliveryStatus.DELIVERED,
+        provider="primary",
+        attempts=(attempt_record(2, "delivered"),),
+    )
+    await complete_now(engine, [done])
     stored = await row(engine, delivery)
     assert stored.status == DeliveryStatus.DELIVERED
     assert stored.lease_token is None
@@ -267,8 +273,7 @@ async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
         ),
     ]
     note = AuditNote("breaker.transition", json.dumps({"provider": "primary"}))
-    async with engine.begin() as conn:
-        dead_letters = await complete(conn, outcomes, [note])
+    dead_letters = await complete_now(engine, outcomes, [note])
     assert [(d.id, d.reason, d.error_class) for d in dead_letters] == [
         (dead, "permanent_error", "provider_permanent")
     ]
@@ -317,8 +322,7 @@ async def test_status_queries(engine: AsyncEngine) -> None:
         for s in ("open", "half_open")
     ]
     for note in notes:  # one transaction each, so they get increasing times
-        async with engine.begin() as conn:
-            await complete(conn, [], [note])
+        await complete_now(engine, [], [note])
     async with engine.connect() as conn:
         breakers = await breaker_status(conn)
     assert [(b.owner, b.provider, b.state) for b in breakers] == [
