@@ -121,9 +121,10 @@ class ChannelWorker:
 
     async def _wait(self) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait())]
-        if self._short_of_slots or self._capped:
+        if self._short_of_slots or self._capped or self._slot_freed.is_set():
             # Due rows may be waiting for a slot rather than for a notification: nothing
-            # will announce them again, so a freed slot must start the next claim.
+            # will announce them again, so a freed slot must start the next claim (also
+            # one freed during the last claim, by a recipient that was at its cap then).
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
         _done, pending = await asyncio.wait(
             waiters,
