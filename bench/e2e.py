@@ -2,7 +2,7 @@
 
     source scripts/services.sh
     .venv/bin/python bench/e2e.py [--events 10000] [--latency-seconds 15] [--repeat 1]
-                                  [--only dispatcher|naive] [--profile]
+                                  [--only dispatcher|naive] [--replicas 1|2] [--profile]
 
 Every event has three recipients (email, SMS, webhook). The sinks (bench/sinks.py) run in a
 process of their own and record receipt times. For each scenario, on a fresh database and
@@ -457,6 +457,20 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def scenario_list(args: argparse.Namespace) -> list[tuple[str, int, str | None]]:
+    """(kind, replicas, sink down) for every scenario the arguments select."""
+    scenarios: list[tuple[str, int, str | None]] = []
+    if args.only in {None, "dispatcher"}:
+        scenarios += [("dispatcher", 1, None), ("dispatcher", 2, None)]
+    if args.only in {None, "naive"}:
+        scenarios += [("naive", 1, None), ("naive", 2, None)]
+    if args.only in {None, "dispatcher"}:
+        scenarios.append(("dispatcher", 1, "sms"))
+    if args.replicas is not None:
+        scenarios = [s for s in scenarios if s[1] == args.replicas and s[2] is None]
+    return scenarios
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path("/tmp") / f"dispatcher-e2e-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
@@ -470,13 +484,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     )
     sink_proc.wait_ready()
     sinks = SinkControl(ports["control"])
-    scenarios: list[tuple[str, int, str | None]] = []
-    if args.only in {None, "dispatcher"}:
-        scenarios += [("dispatcher", 1, None), ("dispatcher", 2, None)]
-    if args.only in {None, "naive"}:
-        scenarios += [("naive", 1, None), ("naive", 2, None)]
-    if args.only in {None, "dispatcher"}:
-        scenarios.append(("dispatcher", 1, "sms"))
+    scenarios = scenario_list(args)
     runs: list[dict[str, Any]] = []
     try:
         for rep in range(args.repeat):
@@ -547,6 +555,12 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=200.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", choices=["dispatcher", "naive"])
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=[1, 2],
+        help="only the scenarios with this many replicas and every sink up",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

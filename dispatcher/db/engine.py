@@ -1,12 +1,19 @@
 """The connection pool, and the one place driver errors become dispatcher errors."""
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
 from asyncpg.exceptions._base import DataError as InputDataError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from dispatcher.errors import StorageConflict, StorageUnavailable
 
@@ -40,6 +47,44 @@ def create_engine(
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
     """The one session factory; sessions never outlive a batch or a task."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class KeptConnection:
+    """One pooled connection, checked out once and kept for a hot loop's statements.
+
+    A statement on it costs one round trip: no checkout, pre-ping, BEGIN or COMMIT (a
+    single statement runs in its own implicit transaction). After a failure it is
+    invalidated and the next ``driver()`` opens a new one, so a restarted server is
+    picked up.
+    """
+
+    __slots__ = ("_conn", "_driver", "_engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+
+    async def driver(self) -> Any:
+        """The asyncpg connection (with the engine's codecs: jsonb decodes to dicts)."""
+        if self._conn is None:
+            conn = await self._engine.connect()
+            try:
+                self._driver = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+        return self._driver
+
+    async def close(self, *, broken: bool = False) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # already broken: the pool drops it
+            if broken:
+                await conn.invalidate()
+            await conn.close()
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.outbox.store import AuditNote, DeadLettered, Outcome, complete
 
@@ -24,7 +24,7 @@ class Recorder:
         *,
         batch_max: int = 500,
     ) -> None:
-        self._engine = engine
+        self._link = KeptConnection(engine)
         self._on_dead = on_dead
         self._batch_max = batch_max
         self._outcomes: list[Outcome] = []
@@ -74,8 +74,10 @@ class Recorder:
         """
         try:
             with wrap_db_errors():
-                async with self._engine.begin() as conn:
-                    return await complete(conn, outcomes, notes)
+                return await complete(await self._link.driver(), outcomes, notes)
+        except StorageUnavailable:
+            await self._link.close(broken=True)
+            raise
         except StorageConflict:
             if len(outcomes) + len(notes) <= 1:
                 raise
@@ -96,6 +98,15 @@ class Recorder:
         return dead
 
     async def _run(self) -> None:
+        try:
+            await self._write_batches()
+        except BaseException:
+            # Perhaps mid-statement: never hand it back to the pool as it is.
+            await self._link.close(broken=True)
+            raise
+        await self._link.close()
+
+    async def _write_batches(self) -> None:
         delay = 0.1
         while True:
             if not self._outcomes and not self._notes:

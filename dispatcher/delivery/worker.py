@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.config import ChannelDelivery
@@ -45,7 +45,7 @@ class ChannelWorker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.kind = kind
-        self._engine = engine
+        self._link = KeptConnection(engine)
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
@@ -58,8 +58,10 @@ class ChannelWorker:
         self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
-        #: Whether the last claim left due rows behind for lack of room.
-        self._constrained = False
+        #: Set by the last fill when it had to leave due rows behind for want of a slot:
+        #: every slot (or every general slot) taken, or these recipients at their cap.
+        self._short_of_slots = False
+        self._capped: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -89,18 +91,27 @@ class ChannelWorker:
                 )
 
     async def _run(self) -> None:
+        try:
+            await self._claim_loop()
+        except BaseException:
+            # Perhaps mid-statement: never hand it back to the pool as it is.
+            await self._link.close(broken=True)
+            raise
+        await self._link.close()
+
+    async def _claim_loop(self) -> None:
         delay = self._settings.poll_interval
         while not self._stopping:
             try:
                 claimed, full = await self._fill()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
-                event = (
+                await self._link.close(broken=True)
+                log.warning(
                     "dispatcher.delivery.claim_failed"
                     if isinstance(exc, DispatcherError)
-                    else "dispatcher.delivery.worker_bug"
-                )
-                log.warning(
-                    event, channel=self.kind.value, error_type=type(exc).__name__
+                    else "dispatcher.delivery.worker_bug",
+                    channel=self.kind.value,
+                    error_type=type(exc).__name__,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -112,11 +123,10 @@ class ChannelWorker:
 
     async def _wait(self) -> None:
         waiters = [asyncio.ensure_future(self._wakeup.wait())]
-        # A freed slot can start more only when the last claim ran out of room (all slots,
-        # the general ones, or a recipient's); otherwise everything due was claimed and
-        # only NOTIFY or the sweep brings more. ``_slot_freed`` was cleared when that
-        # claim began, so a slot freed while it ran still counts.
-        if self._constrained:
+        if self._short_of_slots or self._capped or self._slot_freed.is_set():
+            # Due rows may be waiting for a slot rather than for a notification: nothing
+            # will announce them again, so a freed slot must start the next claim (also
+            # one freed during the last claim, by a recipient that was at its cap then).
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
         _done, pending = await asyncio.wait(
             waiters,
@@ -126,67 +136,46 @@ class ChannelWorker:
         for waiter in pending:
             waiter.cancel()
         self._wakeup.clear()
+        self._slot_freed.clear()
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
-        self._slot_freed.clear()
         free = self._concurrency - len(self._inflight)
-        self._constrained = free <= 0
+        general = self._concurrency - self._reserve - self._general_inflight()
+        self._short_of_slots = free <= 0 or general <= 0
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
-        general = self._concurrency - self._reserve - self._general_inflight()
         # Reserved slots only ever take critical deliveries.
         limit, max_priority = (
             (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
         )
         cap = self._settings.max_inflight_per_recipient
-        breaker_blocked = self._providers.blocked_recipients()
-        blocked = list(breaker_blocked)
-        room: dict[str, int] = {}
+        blocked = self._providers.blocked_recipients()
         if cap is not None:
-            for recipient, n in self._per_recipient.items():
-                if n >= cap:
-                    blocked.append(recipient)
-                else:
-                    room[recipient] = cap - n
+            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
         with wrap_db_errors():
-            async with self._engine.begin() as conn:
-                rows = await claim(
-                    conn,
-                    self.kind.value,
-                    limit=limit,
-                    lease_seconds=self._settings.lease_seconds,
-                    owner=self._owner,
-                    blocked=blocked,
-                    max_priority=max_priority,
-                    per_recipient=cap,
-                    room=room,
-                )
+            rows, considered = await claim(
+                await self._link.driver(),
+                self.kind.value,
+                limit=limit,
+                lease_seconds=self._settings.lease_seconds,
+                owner=self._owner,
+                blocked=blocked,
+                max_priority=max_priority,
+                cap=cap,
+                in_flight=self._per_recipient,
+            )
         for row in rows:
             task = asyncio.create_task(self._attempt(row))
             self._inflight[task] = (row.priority, row.recipient)
             self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
-        # Short of room: slots, general slots, or a recipient's cap that bound this claim
-        # (it got as many rows as it had room for; attempts that ended while the claim
-        # ran may have left it below its cap now, with more rows due).
-        taken = Counter(row.recipient for row in rows) if cap is not None else None
-        self._constrained = (
-            general <= 0
-            or len(self._inflight) >= self._concurrency
-            or len(blocked) > len(breaker_blocked)
-            or self._recipient_at_cap()
-            or (
-                cap is not None
-                and taken is not None
-                and any(n >= room.get(r, cap) for r, n in taken.items())
-            )
-        )
-        return len(rows), len(rows) == limit
-
-    def _recipient_at_cap(self) -> bool:
-        cap = self._settings.max_inflight_per_recipient
-        return cap is not None and any(n >= cap for n in self._per_recipient.values())
+        if cap is not None:
+            # Kept from one fill to the next, so an attempt that ends during a claim
+            # still wakes the worker for its recipient.
+            self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
+        # A full set of candidates: more may be due now, even if the cap left some behind.
+        return len(rows), considered == limit
 
     def _general_inflight(self) -> int:
         return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)
@@ -196,7 +185,8 @@ class ChannelWorker:
         self._per_recipient[recipient] -= 1
         if self._per_recipient[recipient] <= 0:
             del self._per_recipient[recipient]
-        self._slot_freed.set()
+        if self._short_of_slots or recipient in self._capped:
+            self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "dispatcher.delivery.worker_bug",

@@ -6,10 +6,11 @@ whose worker died becomes claimable again by the same query. Each claim draws a 
 late result from an expired claim cannot overwrite the newer one.
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from sqlalchemy import text
@@ -17,46 +18,58 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.db.models import DeliveryStatus
 
-#: How many due rows a capped claim looks at per row it may take.
-_SCAN_FACTOR = 4
-
-_CLAIM = text(
-    """
-    WITH locked AS (
+#: asyncpg form ($1 channel, $2 max_priority, $3 blocked, $4 limit, $5 owner, $6 lease
+#: seconds, $7/$8 recipients and their attempts in flight, $9 per-recipient cap or NULL):
+#: one statement, so it is its own transaction and one round trip per claim. Candidates
+#: beyond a recipient's room under the cap are locked for the statement only and left
+#: as they were: not leased, not reordered, due for the next claim.
+_CLAIM = """
+    WITH candidates AS (
         SELECT id, recipient, priority, next_attempt_at FROM deliveries
-        WHERE channel = :channel
+        WHERE channel = $1
           AND status IN ('pending', 'in_flight')
           AND next_attempt_at <= now()
-          AND priority <= :max_priority
-          AND NOT (recipient = ANY(CAST(:blocked AS text[])))
+          AND priority <= $2
+          AND NOT (recipient = ANY($3::text[]))
         ORDER BY priority, next_attempt_at
-        LIMIT :scan
+        LIMIT $4
         FOR UPDATE SKIP LOCKED
-    ), ranked AS (
-        SELECT l.id, l.priority, l.next_attempt_at,
-               row_number() OVER (PARTITION BY l.recipient
-                                  ORDER BY l.priority, l.next_attempt_at) AS n,
-               coalesce(room.free, :per_recipient) AS free
-        FROM locked AS l
-        LEFT JOIN unnest(CAST(:room_recipients AS text[]), CAST(:room_free AS integer[]))
-             AS room(recipient, free) ON room.recipient = l.recipient
     ), due AS (
-        SELECT id FROM ranked WHERE n <= free
-        ORDER BY priority, next_attempt_at
-        LIMIT :limit
+        SELECT c.id, c.next_attempt_at AS due_at
+        FROM (SELECT *, row_number() OVER (PARTITION BY recipient
+                                           ORDER BY priority, next_attempt_at) AS nth
+              FROM candidates) AS c
+        LEFT JOIN unnest($7::text[], $8::int[]) AS busy(recipient, n) USING (recipient)
+        WHERE $9::int IS NULL OR c.nth <= $9::int - coalesce(busy.n, 0)
+    ), leased AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
+            lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
+            updated_at = now()
+        FROM due, events AS e
+        WHERE d.id = due.id AND e.id = d.event_id
+        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
+                  d.created_at, d.traceparent, e.payload, due.due_at
     )
-    UPDATE deliveries AS d
-    SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-        lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
-        updated_at = now()
-    FROM due, events AS e
-    WHERE d.id = due.id AND e.id = d.event_id
-    RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-              d.created_at, d.traceparent, e.payload
+    SELECT id, event_id, recipient, attempts, lease_token, priority, created_at,
+           traceparent, payload, (SELECT count(*) FROM candidates) AS considered
+    FROM leased ORDER BY priority, due_at
     """
-)
 
-_COMPLETE = text(
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters to asyncpg's ``$n`` (``::type`` casts are left alone)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
+
+
+_COMPLETE, _COMPLETE_PARAMS = _positional(
     """
     WITH r AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
@@ -180,8 +193,22 @@ class AuditNote:
     detail: str = "{}"
 
 
+class Executor(Protocol):
+    """The part of ``asyncpg.Connection`` claims and outcomes use (a kept connection)."""
+
+    async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
+
+
+class Claim(NamedTuple):
+    """What one claim leased, most urgent first, and how many due rows it looked at."""
+
+    rows: list[Claimed]
+    #: ``limit`` when there may be more due right now (some were left under the cap).
+    considered: int
+
+
 async def claim(
-    conn: AsyncConnection,
+    conn: Executor,
     channel: str,
     *,
     limit: int,
@@ -189,40 +216,40 @@ async def claim(
     owner: str,
     blocked: Sequence[str] = (),
     max_priority: int = 4,
-    per_recipient: int | None = None,
-    room: Mapping[str, int] | None = None,
-) -> list[Claimed]:
+    cap: int | None = None,
+    in_flight: Mapping[str, int] | None = None,
+) -> Claim:
     """Lease up to ``limit`` due deliveries of one channel, most urgent first.
 
-    ``blocked`` recipients are skipped. With ``per_recipient``, at most that many rows of
-    one recipient are taken, or ``room[recipient]`` for those that already have some in
-    flight: a backlog for one endpoint is never claimed beyond what may be sent at once.
-    The rows looked at for that are a few times ``limit`` (locked only until commit).
+    With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
+    the rest stay due, untouched. Outside a transaction the lease is committed when this
+    returns (asyncpg hands the rows over only after the statement's implicit commit).
     """
-    room = room or {}
-    capped = per_recipient is not None
-    rows = await conn.execute(
+    busy = in_flight or {}
+    rows = await conn.fetch(
         _CLAIM,
-        {
-            "channel": channel,
-            "limit": limit,
-            "scan": limit * _SCAN_FACTOR if capped else limit,
-            "per_recipient": per_recipient if capped else limit,
-            "room_recipients": list(room),
-            "room_free": list(room.values()),
-            "lease": lease_seconds,
-            "owner": owner,
-            "blocked": list(blocked),
-            "max_priority": max_priority,
-        },
+        channel,
+        max_priority,
+        list(blocked),
+        limit,
+        owner,
+        lease_seconds,
+        list(busy),
+        list(busy.values()),
+        cap,
     )
-    return [Claimed(*row) for row in rows]
+    return Claim(
+        [Claimed(*row[:-1]) for row in rows], rows[0]["considered"] if rows else 0
+    )
 
 
 async def complete(
-    conn: AsyncConnection, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
+    conn: Executor, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
 ) -> list[DeadLettered]:
-    """Apply outcomes (fenced by lease token), record every attempt, audit dead letters."""
+    """Apply outcomes (fenced by lease token), record every attempt, audit dead letters.
+
+    One statement: outside a transaction it is its own, all or nothing.
+    """
     attempts = [(o.delivery_id, a) for o in outcomes for a in o.attempts]
     params: dict[str, Any] = {
         "ids": [o.delivery_id for o in outcomes],
@@ -247,19 +274,19 @@ async def complete(
         "x_kinds": [n.kind for n in notes],
         "x_details": [n.detail for n in notes],
     }
-    rows = await conn.execute(_COMPLETE, params)
+    rows = await conn.fetch(_COMPLETE, *(params[name] for name in _COMPLETE_PARAMS))
     return [
         DeadLettered(
-            r.id,
-            r.event_id,
-            r.channel,
-            r.attempts,
-            r.last_error_class,
-            r.last_error_message,
-            r.dead_reason,
+            r["id"],
+            r["event_id"],
+            r["channel"],
+            r["attempts"],
+            r["last_error_class"],
+            r["last_error_message"],
+            r["dead_reason"],
         )
         for r in rows
-        if r.status == DeliveryStatus.DEAD
+        if r["status"] == DeliveryStatus.DEAD
     ]
 
 

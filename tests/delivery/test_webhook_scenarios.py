@@ -304,50 +304,6 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
     assert len(webhook_sink.requests("/case-system")) == 4
 
 
-async def test_a_capped_endpoint_gets_its_next_delivery_as_a_slot_frees(
-    stack: StackFactory, webhook_sink: WebhookSink
-) -> None:
-    """12 deliveries for one endpoint capped at 2 in flight, with a 30 s sweep: each
-    finished attempt lets the next one start. (The worker once waited for the next
-    NOTIFY or sweep instead, so a backlog for one endpoint drained at cap per sweep.)"""
-    config = channels(webhook_sink, poll_interval=30.0, max_inflight_per_recipient=2)
-    async with stack(channels=config) as s:
-        assert s.delivery is not None
-        async with asyncio.timeout(10):
-            await s.delivery.waker.connected.wait()
-        await asyncio.sleep(0.5)  # the first sweep is over; only NOTIFY wakes it now
-        event_ids = await s.publish(
-            *(event_to(("webhook", "safety-monitor")) for _ in range(12))
-        )
-        rows = await s.wait_final(event_ids, count=12, timeout=15)
-        attempts = await s.rows("SELECT count(*) AS n FROM delivery_attempts")
-    assert {r.status for r in rows} == {"delivered"}
-    assert {r.attempts for r in rows} == {1}
-    assert attempts[0].n == 12
-    assert len(webhook_sink.requests("/safety-monitor")) == 12
-
-
-async def test_a_low_severity_backlog_refills_its_general_slots_as_they_free(
-    stack: StackFactory, webhook_sink: WebhookSink
-) -> None:
-    """Concurrency 4 with 2 slots reserved for critical: 12 low-severity deliveries go
-    two at a time, each freed general slot taking the next, without waiting for a
-    NOTIFY or the 30 s sweep."""
-    config = channels(
-        webhook_sink, poll_interval=30.0, concurrency=4, critical_reserve=2
-    )
-    async with stack(channels=config) as s:
-        assert s.delivery is not None
-        async with asyncio.timeout(10):
-            await s.delivery.waker.connected.wait()
-        await asyncio.sleep(0.5)
-        event_ids = await s.publish(
-            *(event_to(("webhook", "crisis-line"), severity="low") for _ in range(12))
-        )
-        rows = await s.wait_final(event_ids, count=12, timeout=15)
-    assert {r.status for r in rows} == {"delivered"}
-
-
 async def test_new_deliveries_wake_the_worker_through_listen_notify(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
@@ -361,6 +317,65 @@ async def test_new_deliveries_wake_the_worker_through_listen_notify(
         (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
         (row,) = await s.wait_final([event_id], count=1, timeout=10)
     assert row.status == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("limits", "severity"),
+    [
+        ({"max_inflight_per_recipient": 1}, "critical"),
+        (
+            {
+                "concurrency": 2,
+                "critical_reserve": 1,
+                "max_inflight_per_recipient": None,
+            },
+            "low",
+        ),
+    ],
+    ids=["endpoint-at-its-cap", "general-slots-taken"],
+)
+async def test_a_freed_slot_starts_the_next_claim_without_waiting_for_the_sweep(
+    stack: StackFactory,
+    webhook_sink: WebhookSink,
+    limits: dict[str, Any],
+    severity: str,
+) -> None:
+    """Rows left behind for want of a slot are claimed when one frees, not at the sweep."""
+    webhook_sink.trickle("/case-system", size=2, interval=0.1)  # ~0.2 s per request
+    config = channels(webhook_sink, poll_interval=30.0, **limits)
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        await asyncio.sleep(0.5)  # the first sweep is over; the next one is 30 s away
+        # Their notifications all arrive while the first attempt is still open: after
+        # that, only a freed slot can start the claims of the rest.
+        ids = await s.publish(
+            *(event_to(("webhook", "case-system"), severity=severity) for _ in range(4))
+        )
+        rows = await s.wait_final(ids, count=4, timeout=15)
+    assert {r.status for r in rows} == {"delivered"}
+    assert webhook_sink.duplicates() == []
+
+
+async def test_kept_connections_are_replaced_after_postgresql_drops_them(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """Claims and outcomes resume on new connections once their kept ones are killed."""
+    async with stack(channels=channels(webhook_sink)) as s:
+        (first,) = await s.publish(event_to(("webhook", "crisis-line")))
+        await s.wait_final([first], count=1)
+        # Every other backend of this database: the worker's claim connection, the
+        # recorder's, the ingest writers', the LISTEN connection and the pool's.
+        await s.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        ids = await s.publish(*(event_to(("webhook", "crisis-line")) for _ in range(3)))
+        rows = await s.wait_final(ids, count=3)
+    assert {r.status for r in rows} == {"delivered"}
+    assert {r.attempts for r in rows} == {1}
+    assert webhook_sink.duplicates() == []
 
 
 async def test_the_sweep_finds_deliveries_no_notification_announced(

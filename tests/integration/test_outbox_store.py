@@ -76,8 +76,18 @@ async def seed(
 
 async def claim_now(engine: AsyncEngine, channel: str = "email", **kwargs):
     params = {"limit": 10, "lease_seconds": 60.0, "owner": "test", **kwargs}
-    async with engine.begin() as conn:
-        return await claim(conn, channel, **params)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        return (await claim(driver, channel, **params)).rows
+
+
+async def complete_now(engine: AsyncEngine, outcomes, notes=()):
+    """``complete`` as the recorder runs it: one statement on a connection of its own."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        return await complete(driver, outcomes, notes)
 
 
 def attempt_record(n: int, outcome: str = "failed") -> AttemptRecord:
@@ -131,6 +141,34 @@ async def test_claim_with_max_priority_takes_only_critical(engine: AsyncEngine) 
     assert [c.id for c in claimed] == [critical]
 
 
+async def test_claim_leaves_what_is_over_a_recipients_cap_untouched(
+    engine: AsyncEngine,
+) -> None:
+    """Over the cap (minus what is in flight), rows stay due and in order, not leased."""
+    first, second, third = [
+        await seed(engine, channel="webhook", recipient="busy", due_in=-10 + n)
+        for n in range(3)
+    ]
+    other = await seed(engine, channel="webhook", recipient="quiet", due_in=-1)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        result = await claim(
+            driver,
+            "webhook",
+            limit=10,
+            lease_seconds=60.0,
+            owner="test",
+            cap=3,
+            in_flight={"busy": 1},
+        )
+    assert [c.id for c in result.rows] == [first, second, other]
+    assert result.considered == 4
+    left = await row(engine, third)
+    assert (left.status, left.attempts, left.lease_token) == ("pending", 0, None)
+    assert [c.id for c in await claim_now(engine, "webhook")] == [third]
+
+
 async def test_claim_is_a_lease_with_a_fresh_token_and_counts_the_attempt(
     engine: AsyncEngine,
 ) -> None:
@@ -165,28 +203,26 @@ async def test_expired_lease_is_claimed_again_and_late_result_is_fenced_off(
     assert second.lease_token != first.lease_token
     assert second.attempts == 2
 
-    async with engine.begin() as conn:
-        late = Outcome(
-            delivery,
-            first.lease_token,
-            DeliveryStatus.DEAD,
-            error_class="timeout",
-            attempts=(attempt_record(1),),
-        )
-        assert await complete(conn, [late]) == []
+    late = Outcome(
+        delivery,
+        first.lease_token,
+        DeliveryStatus.DEAD,
+        error_class="timeout",
+        attempts=(attempt_record(1),),
+    )
+    assert await complete_now(engine, [late]) == []
     stored = await row(engine, delivery)
     assert stored.status == DeliveryStatus.IN_FLIGHT
     assert stored.lease_owner == "alive"
 
-    async with engine.begin() as conn:
-        done = Outcome(
-            delivery,
-            second.lease_token,
-            DeliveryStatus.DELIVERED,
-            provider="primary",
-            attempts=(attempt_record(2, "delivered"),),
-        )
-        await complete(conn, [done])
+    done = Outcome(
+        delivery,
+        second.lease_token,
+        DeliveryStatus.DELIVERED,
+        provider="primary",
+        attempts=(attempt_record(2, "delivered"),),
+    )
+    await complete_now(engine, [done])
     stored = await row(engine, delivery)
     assert stored.status == DeliveryStatus.DELIVERED
     assert stored.lease_token is None
@@ -237,8 +273,7 @@ async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
         ),
     ]
     note = AuditNote("breaker.transition", json.dumps({"provider": "primary"}))
-    async with engine.begin() as conn:
-        dead_letters = await complete(conn, outcomes, [note])
+    dead_letters = await complete_now(engine, outcomes, [note])
     assert [(d.id, d.reason, d.error_class) for d in dead_letters] == [
         (dead, "permanent_error", "provider_permanent")
     ]
@@ -287,8 +322,7 @@ async def test_status_queries(engine: AsyncEngine) -> None:
         for s in ("open", "half_open")
     ]
     for note in notes:  # one transaction each, so they get increasing times
-        async with engine.begin() as conn:
-            await complete(conn, [], [note])
+        await complete_now(engine, [], [note])
     async with engine.connect() as conn:
         breakers = await breaker_status(conn)
     assert [(b.owner, b.provider, b.state) for b in breakers] == [
