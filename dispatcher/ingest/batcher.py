@@ -18,12 +18,12 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming
@@ -54,35 +54,6 @@ class _Entry(Generic[T]):
     token: T
     #: Set after commit and ``on_commit`` for ``submit``; None for ``put``.
     done: asyncio.Future[None] | None = None
-
-
-class _Link:
-    """One writer's connection, checked out once and kept across batches (no checkout and
-    pre-ping per batch). After PostgreSQL fails it is invalidated, and the next batch
-    opens a new one, so a restarted server is picked up."""
-
-    __slots__ = ("_conn", "_driver", "_engine")
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._conn: AsyncConnection | None = None
-        self._driver: Any = None
-
-    async def driver(self) -> Any:
-        """The asyncpg connection (``persist_batch`` drives it directly)."""
-        if self._conn is None:
-            self._conn = await self._engine.connect()
-            self._driver = (await self._conn.get_raw_connection()).driver_connection
-        return self._driver
-
-    async def close(self, *, broken: bool = False) -> None:
-        conn, self._conn, self._driver = self._conn, None, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):  # already broken: the pool drops it
-            if broken:
-                await conn.invalidate()
-            await conn.close()
 
 
 class Batcher(Generic[T]):
@@ -150,7 +121,7 @@ class Batcher(Generic[T]):
         await asyncio.shield(done)
 
     async def _writer(self, name: str) -> None:
-        link = _Link(self._engine)
+        link = KeptConnection(self._engine)
         delay = 0.1
         try:
             while True:
@@ -172,7 +143,7 @@ class Batcher(Generic[T]):
         finally:
             await link.close()
 
-    async def _write_batches(self, link: _Link) -> None:
+    async def _write_batches(self, link: KeptConnection) -> None:
         while True:
             if not self._queue:
                 if self._stopping:
@@ -210,7 +181,7 @@ class Batcher(Generic[T]):
                 if entry.done is not None and not entry.done.done():
                     entry.done.set_result(None)
 
-    async def _store(self, batch: Sequence[_Entry[T]], link: _Link) -> None:
+    async def _store(self, batch: Sequence[_Entry[T]], link: KeptConnection) -> None:
         try:
             await self._write_retrying([e.item for e in batch], link)
         except _Refused:
@@ -218,7 +189,7 @@ class Batcher(Generic[T]):
             for entry in batch:
                 await self._store_alone(entry.item, link)
 
-    async def _store_alone(self, item: Incoming, link: _Link) -> None:
+    async def _store_alone(self, item: Incoming, link: KeptConnection) -> None:
         """Store one message as it is, else as a rejected message, else as a rejected
         message reduced to its body. Returns only once it is committed."""
         try:
@@ -256,7 +227,9 @@ class Batcher(Generic[T]):
             else:
                 return
 
-    async def _write_retrying(self, items: list[Incoming], link: _Link) -> None:
+    async def _write_retrying(
+        self, items: list[Incoming], link: KeptConnection
+    ) -> None:
         """Write and commit, waiting out PostgreSQL outages (backing off, forever).
 
         Raises:
@@ -313,7 +286,7 @@ class Batcher(Generic[T]):
             self._account(result)
             return
 
-    async def _answers(self, link: _Link) -> bool:
+    async def _answers(self, link: KeptConnection) -> bool:
         """Whether PostgreSQL runs a query right now (on a fresh connection)."""
         try:
             with wrap_db_errors():
