@@ -35,7 +35,9 @@ async def test_one_failing_endpoint_of_three_does_not_hold_back_the_others(
         await s.wait_for(
             lambda rows: (
                 sum(r.status == "delivered" for r in rows) == 10
-                and all(r.attempts >= 2 for r in rows if r.recipient == "case-system")
+                # Retrying: once its breaker opens, one delivery is the probe and the
+                # others wait without burning attempts, so not every row reaches 2.
+                and any(r.attempts >= 2 for r in rows if r.recipient == "case-system")
             ),
             event_ids=ids,
             what="two endpoints delivered, the third retrying",
