@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import psutil
+from proc import Proc
 from sqlalchemy.engine import make_url
 
 from dispatcher.db.engine import create_engine
@@ -59,45 +59,20 @@ def bodies(n: int, stamp: bool = False) -> list[tuple[bytes, str, str | None]]:
     return out
 
 
-class Consumer:
-    """The consumer under test as a subprocess, with its CPU and peak RSS."""
-
-    def __init__(self, kind: str, env: dict[str, str], log: Path) -> None:
-        cmd = (
-            [sys.executable, "-m", "dispatcher", "serve"]
-            if kind == "dispatcher"
-            else [sys.executable, str(ROOT / "bench" / "naive_consumer.py")]
+def start_consumer(kind: str, env: dict[str, str], log: Path) -> Proc:
+    """The consumer under test as a subprocess, started and ready."""
+    if kind == "dispatcher":
+        proc = Proc(
+            [sys.executable, "-m", "dispatcher", "serve"],
+            env,
+            log,
+            "dispatcher.serving",
         )
-        self.log = log
-        self._fh = log.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=self._fh, stderr=self._fh
-        )
-        self.ps = psutil.Process(self.proc.pid)
-        marker = "dispatcher.serving" if kind == "dispatcher" else "naive.serving"
-        deadline = time.monotonic() + 30
-        while marker not in log.read_text(errors="replace"):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(log.read_text()[-2000:])
-            time.sleep(0.05)
-
-    def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._fh.close()
+    else:
+        cmd = [sys.executable, str(ROOT / "bench" / "naive_consumer.py")]
+        proc = Proc(cmd, env, log, "naive.serving")
+    proc.wait_ready()
+    return proc
 
 
 async def count(conn: asyncpg.Connection) -> int:
@@ -170,10 +145,10 @@ async def run(
     result: dict[str, float] = {}
     try:
         # Declare the topology with the real dispatcher once, then stop it.
-        Consumer("dispatcher", env, tmp / f"{kind}-declare.log").stop()
+        start_consumer("dispatcher", env, tmp / f"{kind}-declare.log").stop()
         async with Publisher(AMQP, exchange) as pub:
             await pub.publish_many(bodies(n), window=512)
-        consumer = Consumer(kind, env, tmp / f"{kind}-drain.log")
+        consumer = start_consumer(kind, env, tmp / f"{kind}-drain.log")
         spy = None
         if profile:
             spy = subprocess.Popen(
