@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -69,6 +69,13 @@ def render_body(message: OutboundMessage) -> bytes:
     return text.encode()
 
 
+class _Target(NamedTuple):
+    url: URL
+    #: Why the URL itself is refused (scheme, credentials, port, IP literal), or None.
+    refusal: str | None
+    timeout: aiohttp.ClientTimeout
+
+
 class WebhookChannel:
     """All webhook endpoints behind one pooled, SSRF-guarded HTTP client.
 
@@ -108,6 +115,21 @@ class WebhookChannel:
             n: _tls_context(ep.ca_file or config.ca_file)
             for n, ep in config.endpoints.items()
         }
+        # Fixed per endpoint, so worked out once rather than on every send. The URL check
+        # covers IP literals; host names are checked per connection by the resolver.
+        self._targets = {
+            n: _Target(
+                URL(ep.url),
+                ssrf.url_refusal(URL(ep.url), self._policy),
+                aiohttp.ClientTimeout(
+                    total=ep.timeout or config.deadline_seconds,
+                    sock_connect=min(
+                        config.connect_timeout, ep.timeout or config.deadline_seconds
+                    ),
+                ),
+            )
+            for n, ep in config.endpoints.items()
+        }
         self._resolver = resolver
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -122,25 +144,20 @@ class WebhookChannel:
         endpoint = self._config.endpoints.get(message.recipient)
         if endpoint is None:
             raise classify.unknown_recipient("webhook")
-        url = URL(endpoint.url)
-        # Checked before every attempt: the resolver hook never sees IP literals.
-        refusal = ssrf.url_refusal(url, self._policy)
-        if refusal is not None:
-            raise classify.forbidden_destination(refusal)
+        target = self._targets[message.recipient]
+        # Refused at every attempt: the resolver hook never sees IP literals.
+        if target.refusal is not None:
+            raise classify.forbidden_destination(target.refusal)
         body = render_body(message)
         headers = self._headers(message, endpoint, body)
-        limit = endpoint.timeout or self._config.deadline_seconds
-        timeout = aiohttp.ClientTimeout(
-            total=limit, sock_connect=min(self._config.connect_timeout, limit)
-        )
         try:
             async with self._client().post(
-                url,
+                target.url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
                 ssl=self._tls[message.recipient],
-                timeout=timeout,
+                timeout=target.timeout,
             ) as response:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")

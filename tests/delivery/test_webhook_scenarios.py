@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
+from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import SECRET, StackFactory, event_to, webhook_channel
 
@@ -404,3 +406,43 @@ async def test_the_sweep_finds_deliveries_no_notification_announced(
         )
     assert len(webhook_sink.requests("/crisis-line")) == 2
     assert rows[0].delivered_at is not None
+
+
+async def test_a_backlog_is_claimed_in_batches_not_one_claim_per_freed_slot(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """While due rows wait for slots, a claim waits for a quarter of the slots to free.
+
+    Also while notifications keep arriving: new critical rows queue behind the waiting
+    critical ones, so a notification alone does not start a claim for one slot.
+    """
+    webhook_sink.trickle("/case-system", size=2, interval=0.1)  # ~0.2 s per request
+    config = channels(
+        webhook_sink,
+        concurrency=16,
+        critical_reserve=0,
+        max_inflight_per_recipient=None,
+    )
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        worker = s.delivery.workers[ChannelKind.WEBHOOK]
+        async with asyncio.timeout(10):
+            await s.delivery.waker.connected.wait()
+        ids: list[uuid.UUID] = []
+        for _ in range(16):  # staggered, so the slots free one at a time from now on
+            ids += await s.publish(event_to(("webhook", "case-system")))
+            await asyncio.sleep(0.01)
+        ids += await s.publish(
+            *(event_to(("webhook", "case-system")) for _ in range(48))
+        )
+        for _ in range(10):  # one commit, so one notification, each
+            ids += await s.publish(event_to(("webhook", "case-system")))
+            await asyncio.sleep(0.03)
+        rows = await s.wait_final(ids, count=74, timeout=30)
+        claims = worker.claims
+    assert {r.status for r in rows} == {"delivered"}
+    assert webhook_sink.duplicates() == []
+    # 16 staggered claims, then 58 rows through 16 slots refilled 4 at a time: about 15
+    # more, plus sweeps and the notifications that found free slots (30-35 here). One
+    # claim per freed slot and per notification made 46-55.
+    assert claims <= 42, claims
