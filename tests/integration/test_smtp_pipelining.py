@@ -209,6 +209,35 @@ async def test_replies_in_separate_packets() -> None:
     ]
 
 
+async def test_every_reply_is_read_before_the_next_command() -> None:
+    """After a refused MAIL, RSET waits for the replies to RCPT and DATA: sent earlier,
+    it would be answered by one of them."""
+    seen: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _envelope(reader)
+        writer.write(b"550 5.7.1 sender refused\r\n")
+        with contextlib.suppress(TimeoutError):
+            seen.append(b"early " + await asyncio.wait_for(reader.readline(), 0.2))
+        writer.write(b"503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"250 2.0.0 reset\r\n")
+        await _envelope(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 queued as SECOND\r\n")
+        await reader.read()
+
+    async with _scripted(peer) as client:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as caught:
+            await smtppipe.sendmail(client, SENDER, RECIPIENT, b"body")
+        assert caught.value.code == 550
+        assert await smtppipe.sendmail(client, SENDER, RECIPIENT, b"next") == (
+            "queued as SECOND"
+        )
+    assert seen == [b"RSET\r\n"]
+
+
 async def test_accepted_data_after_refused_recipient_gets_a_lone_dot() -> None:
     """RFC 2920 3.1: a 354 despite a refused RCPT is ended with ".", then RSET follows."""
     seen: list[bytes] = []
