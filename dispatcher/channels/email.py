@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from dispatcher.channels import classify, mime
+from dispatcher.channels import classify, mime, smtppipe
 from dispatcher.channels.base import OutboundMessage, SendReceipt
 from dispatcher.channels.smtppool import SmtpPool
 from dispatcher.channels.templates import EmailTemplate, RenderedEmail, render_email
@@ -144,7 +144,15 @@ class SmtpChannel:
                     event_id=message.event_id,
                 )
                 async with self._pool.connection() as client:
-                    _, reply = await client.sendmail(sender, [message.recipient], data)
+                    # Two round trips instead of four once EHLO has shown PIPELINING.
+                    if smtppipe.usable(client):
+                        reply = await smtppipe.sendmail(
+                            client, sender, message.recipient, data
+                        )
+                    else:
+                        _, reply = await client.sendmail(
+                            sender, [message.recipient], data
+                        )
             else:
                 # Non-ASCII address: the stdlib's message and aiosmtplib's SMTPUTF8.
                 email = self._build(message, rendered)

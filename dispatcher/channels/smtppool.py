@@ -12,8 +12,9 @@ class SmtpPool:
     """At most ``size`` connections; idle ones are reused, broken ones discarded.
 
     A connection goes back to the pool only when the send ended normally or with an
-    SMTP reply (aiosmtplib has already sent RSET then); after a timeout, a
-    disconnect or a cancellation its state is unknown, so it is closed.
+    SMTP reply (aiosmtplib's ``sendmail`` or ``smtppipe.sendmail`` has already sent
+    RSET then); after a timeout, a disconnect or a cancellation its state is unknown,
+    so it is closed.
     """
 
     def __init__(

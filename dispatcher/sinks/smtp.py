@@ -15,11 +15,13 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any, Final, Literal, Self, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 # aiosmtpd logs every command line, addresses included, at INFO.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
 
+
+Stage = Literal["mail", "rcpt", "data_command", "data"]
 
 #: ``<local@domain>`` with a dot-atom local part and a plain domain, then parameters.
 _PLAIN_PATH: Final = re.compile(
@@ -39,6 +41,10 @@ class ReceivedMail:
     #: ``time.time()`` when DATA was accepted.
     received_at: float
     content: bytes = field(repr=False)
+    #: The envelope as the server parsed it: MAIL FROM path and parameters, RCPT paths.
+    mail_from: str = field(default="", repr=False)
+    mail_options: tuple[str, ...] = ()
+    rcpt_tos: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def message_id(self) -> str | None:
@@ -74,28 +80,59 @@ class _Handler:
     def __init__(self, sink: "SmtpSink") -> None:
         self._sink = sink
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
         self,
         _server: SMTP,
+        session: Session,
+        _envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # aiosmtpd records the client's name itself only when there is no EHLO hook.
+        session.host_name = hostname
+        if self._sink.pipelining:
+            # aiosmtpd reads commands one by one from a stream, so pipelined commands
+            # need nothing more than the keyword; the last line ("250 HELP") stays last.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(  # noqa: N802
+        self,
+        server: SMTP,
+        _session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        reply = await self._sink._fault_reply("mail", server)  # noqa: SLF001
+        if reply is not None:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(  # noqa: N802
+        self,
+        server: SMTP,
         _session: Session,
         envelope: Envelope,
         address: str,
         _rcpt_options: list[str],
     ) -> str:
-        reply = self._sink._fault_reply("rcpt")  # noqa: SLF001
+        reply = await self._sink._fault_reply("rcpt", server)  # noqa: SLF001
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(  # noqa: N802
-        self, _server: SMTP, session: Session, envelope: Envelope
+        self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         sink = self._sink
         sink.attempts += 1
         if sink.data_delay is not None:
             await asyncio.sleep(sink.data_delay)
-        reply = sink._fault_reply("data")  # noqa: SLF001
+        reply = await sink._fault_reply("data", server)  # noqa: SLF001
         if reply is not None:
             return reply
         sink.received.append(
@@ -104,6 +141,9 @@ class _Handler:
                 tls=session.ssl is not None,
                 received_at=time.time(),
                 content=envelope.original_content or b"",
+                mail_from=envelope.mail_from or "",
+                mail_options=tuple(envelope.mail_options),
+                rcpt_tos=tuple(envelope.rcpt_tos),
             )
         )
         sink.accepted.set()
@@ -113,9 +153,14 @@ class _Handler:
 class SmtpSink:
     """SMTP server on ``127.0.0.1``; ``port=0`` picks a free port (see ``.port``).
 
+    It offers PIPELINING (RFC 2920) in its EHLO reply unless ``pipelining=False``;
+    ``pipelined`` counts the messages whose MAIL, RCPT and DATA arrived in one read.
+
     Faults, switchable at any time:
-    - ``fail(code, times=None, stage="data")``: answer ``code`` at RCPT or DATA for the
-      next ``times`` messages, or always;
+    - ``fail(code, times=None, stage="data")``: answer ``code`` for the next ``times``
+      messages, or always, at ``stage``: ``mail``, ``rcpt``, ``data_command`` (instead
+      of 354) or ``data`` (after the message);
+    - ``cut(stage, times=1)``: close the connection at ``stage`` instead of answering;
     - ``hang_on_connect = True``: accept TCP connections but never greet;
     - ``data_delay = seconds``: sleep before answering DATA;
     - ``await go_down()`` / ``await come_up()``: stop listening (connection refused).
@@ -127,6 +172,7 @@ class SmtpSink:
         port: int = 0,
         tls_context: ssl.SSLContext | None = None,
         require_starttls: bool = False,
+        pipelining: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port
@@ -136,11 +182,15 @@ class SmtpSink:
         #: TCP connections accepted, and DATA commands seen.
         self.connections = 0
         self.attempts = 0
+        self.pipelining = pipelining
+        #: Reads that held a whole envelope, MAIL through DATA: pipelined messages.
+        self.pipelined = 0
         self.hang_on_connect = False
         self.data_delay: float | None = None
         self._tls_context = tls_context
         self._require_starttls = require_starttls
-        self._fault: tuple[str, str, int | None] | None = None
+        #: (stage, reply or None to cut the connection, how many more times).
+        self._fault: tuple[Stage, str | None, int | None] | None = None
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.Transport] = set()
 
@@ -154,11 +204,15 @@ class SmtpSink:
         code: int,
         *,
         times: int | None = None,
-        stage: Literal["rcpt", "data"] = "data",
+        stage: Stage = "data",
         text: str = "fault injected by SmtpSink",
     ) -> None:
         """Answer ``code`` for the next ``times`` messages (``None``: until ``heal``)."""
         self._fault = (stage, f"{code} {text}", times)
+
+    def cut(self, stage: Stage, *, times: int | None = 1) -> None:
+        """Close the connection at ``stage`` instead of answering, ``times`` times."""
+        self._fault = (stage, None, times)
 
     def heal(self) -> None:
         """Clear every fault that a running server can clear."""
@@ -166,12 +220,18 @@ class SmtpSink:
         self.hang_on_connect = False
         self.data_delay = None
 
-    def _fault_reply(self, stage: str) -> str | None:
+    async def _fault_reply(self, stage: Stage, server: SMTP) -> str | None:
+        """The injected reply at ``stage``, if any; a cut never returns."""
         if self._fault is None or self._fault[0] != stage:
             return None
         _, reply, times = self._fault
         if times is not None:
             self._fault = (stage, reply, times - 1) if times > 1 else None
+        if reply is None:
+            if server.transport is not None:
+                server.transport.close()
+            # Losing the connection cancels aiosmtpd's handler, and this with it.
+            await asyncio.get_running_loop().create_future()
         return reply
 
     def _protocol(self) -> asyncio.BaseProtocol:
@@ -234,6 +294,22 @@ class _Tracked(SMTP):
         if self._raw is not None:
             self._sink._transports.discard(self._raw)  # noqa: SLF001
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # A pipelining client writes MAIL, RCPT and DATA at once (RFC 2920); a client
+        # that waits for each reply never has all three in one read.
+        if data.startswith(b"MAIL ") and data.endswith(b"\r\nDATA\r\n"):
+            self._sink.pipelined += 1
+        super().data_received(data)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command method
+        # aiosmtpd has no hook for the DATA command itself, only for the message after it.
+        reply = await self._sink._fault_reply("data_command", self)  # noqa: SLF001
+        if reply is not None:
+            await self.push(reply)
+            return
+        await super().smtp_DATA(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd runs every MAIL and RCPT path through email's RFC 5322 parser and

@@ -1,0 +1,266 @@
+"""RFC 2920 PIPELINING: one message in two round trips instead of four.
+
+aiosmtplib's ``sendmail`` waits for the reply to each of MAIL, RCPT, DATA and the message:
+four round trips per message. When the relay offers PIPELINING in its EHLO reply (Postfix,
+SES, SendGrid and Exchange do), ``sendmail`` here writes MAIL FROM, RCPT TO and DATA at
+once, reads their three replies, and only then sends the message. The rules it keeps
+(RFC 2920 section 3.1):
+
+- DATA is the last command of a group, and the message goes out only after its 354: a
+  relay that refused the envelope would read the message's lines as commands.
+- Every reply of a group is read, in order, even after a refusal: each unread reply would
+  be taken for the answer to the next command on the connection.
+- A refused envelope does not mean a refused DATA: if DATA still got 354, a lone ``.``
+  ends the empty message. RSET then clears the transaction, so the pooled connection
+  stays usable, as aiosmtplib's ``sendmail`` does after a refusal.
+
+What goes on the wire is built with aiosmtplib's own helpers (address quoting, line
+endings, dot-stuffing, the RFC 1870 SIZE parameter), and refusals raise the exceptions its
+``sendmail`` raises, so the bytes and the classification are those of the unpipelined path.
+
+Replies are not read with ``SMTPProtocol.read_response``: aiosmtplib expects one reply per
+command written, parses one reply per packet and drops bytes that arrive while no command
+is waiting (``protocol.py: data_received``), so the second and third replies of a group
+are lost (tried with 5.1.3: the RCPT reply timed out). For the length of one transaction,
+``_Replies`` takes the transport's place (``BaseTransport.set_protocol``, which aiosmtpd
+uses for STARTTLS too), parses every reply it receives, and hands the transport back;
+connection loss and flow control still reach aiosmtplib's protocol.
+"""
+
+import asyncio
+import collections
+import contextlib
+from typing import Final
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse, SMTPStatus
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    MAX_LINE_LENGTH,
+    MAX_RESPONSE_LENGTH,
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
+
+_RCPT_ACCEPTED: Final = frozenset({SMTPStatus.completed, SMTPStatus.will_forward})
+
+Refusal = aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused
+
+
+def usable(client: aiosmtplib.SMTP) -> bool:
+    """Whether the relay offered PIPELINING in this session's EHLO reply.
+
+    No before the session's first EHLO, or after STARTTLS (which forgets the reply):
+    aiosmtplib's ``sendmail`` then says EHLO, or HELO, itself.
+    """
+    return not client.is_ehlo_or_helo_needed and client.supports_extension("pipelining")
+
+
+async def sendmail(
+    client: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes
+) -> str:
+    """Send one message to one recipient, with MAIL, RCPT and DATA in one write.
+
+    The caller has the client to itself (the pool lends it to one send at a time) and
+    has checked ``usable(client)``. Each reply may take ``client.timeout``.
+
+    Returns:
+        The relay's reply to the message; it often names a queue id.
+
+    Raises:
+        ValueError: An address cannot go on a command line (before anything is sent).
+        SMTPSenderRefused: MAIL was refused.
+        SMTPRecipientsRefused: RCPT was refused.
+        SMTPDataError: DATA or the message was refused.
+        SMTPServerDisconnected: The connection broke; the client is closed.
+        SMTPReadTimeoutError: A reply took too long; the client is closed.
+        SMTPResponseException: A malformed reply (code -1); the client is closed.
+    """
+    protocol = client.protocol
+    transport = None if protocol is None else protocol.transport
+    if protocol is None or transport is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    content = normalize_message_line_endings(message)
+    mail = [b"MAIL", b"FROM:" + quote_address(sender).encode("ascii")]
+    if client.supports_extension("size"):
+        mail.append(f"size={len(content)}".encode("ascii"))
+    rcpt = [b"RCPT", b"TO:" + quote_address(recipient).encode("ascii")]
+    envelope = _command(*mail) + _command(*rcpt) + b"DATA\r\n"
+    replies = _Replies(protocol, transport, client.timeout)
+    try:
+        protocol.write(envelope)
+        got: list[SMTPResponse] = []
+        for _ in ("MAIL", "RCPT", "DATA"):
+            got.append(await replies.read())
+            if got[-1].code == SMTPStatus.domain_unavailable:
+                break
+        refusal = _refusal(got, sender, recipient)
+        if refusal is None:
+            protocol.write(PERIOD_REGEX.sub(b"..", content) + b".\r\n")
+            got.append(await replies.read())
+            if got[-1].code == SMTPStatus.completed:
+                return got[-1].message
+            refusal = aiosmtplib.SMTPDataError(got[-1].code, got[-1].message)
+        elif got[-1].code == SMTPStatus.start_input:
+            # DATA accepted after a refused envelope: end the empty message (RFC 2920).
+            protocol.write(b".\r\n")
+            got.append(await replies.read())
+    except (
+        aiosmtplib.SMTPServerDisconnected,
+        aiosmtplib.SMTPTimeoutError,
+        aiosmtplib.SMTPResponseException,
+    ):
+        # Replies may be missing or unread: the next command could get a stale one.
+        client.close()
+        raise
+    finally:
+        replies.detach()
+    if any(reply.code == SMTPStatus.domain_unavailable for reply in got):
+        client.close()  # 421: the relay is closing the session
+    else:
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+            await client.rset()
+    raise refusal
+
+
+def _command(*args: bytes) -> bytes:
+    # aiosmtplib's execute_command refuses the same characters.
+    for arg in args:
+        if COMMAND_INJECTION_REGEX.search(arg):
+            raise ValueError("Command arg contains a prohibited control character")
+    return b" ".join(args) + b"\r\n"
+
+
+def _refusal(got: list[SMTPResponse], sender: str, recipient: str) -> Refusal | None:
+    """What aiosmtplib's ``sendmail`` raises for the first refused command, if any.
+
+    ``got`` holds the replies to MAIL, RCPT and DATA, or fewer when one was a 421: that
+    one is then refused, so the missing replies are never looked at.
+    """
+    mail = got[0]
+    if mail.code != SMTPStatus.completed:
+        return aiosmtplib.SMTPSenderRefused(mail.code, mail.message, sender)
+    rcpt = got[1]
+    if rcpt.code not in _RCPT_ACCEPTED:
+        refused = aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, recipient)
+        return aiosmtplib.SMTPRecipientsRefused([refused])
+    data = got[2]
+    if data.code != SMTPStatus.start_input:
+        return aiosmtplib.SMTPDataError(data.code, data.message)
+    return None
+
+
+class _Replies(asyncio.Protocol):
+    """Stands in for aiosmtplib's protocol on the transport and keeps every reply."""
+
+    def __init__(
+        self,
+        smtp: SMTPProtocol,
+        transport: asyncio.BaseTransport,
+        timeout: float | None,
+    ) -> None:
+        self._smtp = smtp
+        self._transport = transport
+        self._timeout = timeout
+        self._buffer = bytearray()
+        self._ready: collections.deque[SMTPResponse] = collections.deque()
+        self._error: aiosmtplib.SMTPException | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        transport.set_protocol(self)
+
+    def detach(self) -> None:
+        """Hand the transport back to aiosmtplib's protocol; unread bytes are dropped."""
+        if self._transport.get_protocol() is self:
+            self._transport.set_protocol(self._smtp)
+
+    async def read(self) -> SMTPResponse:
+        """The next reply, in order; replies that came before a disconnect come first.
+
+        Raises:
+            SMTPReadTimeoutError: No reply within the timeout (per reply, as aiosmtplib).
+        """
+        while not self._ready:
+            if self._error is not None:
+                raise self._error
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._wakeup
+            except TimeoutError as exc:
+                raise aiosmtplib.SMTPReadTimeoutError(
+                    "Timed out waiting for server response"
+                ) from exc
+        return self._ready.popleft()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            self._ready.extend(_parse(self._buffer))
+        except aiosmtplib.SMTPResponseException as exc:
+            self._fail(exc)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False  # the transport closes, then connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        error.__cause__ = exc
+        self._fail(error)
+        self._smtp.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._smtp.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._smtp.resume_writing()
+
+    def _fail(self, error: aiosmtplib.SMTPException) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+
+def _parse(buffer: bytearray) -> list[SMTPResponse]:
+    """Take every complete reply off the front of ``buffer``.
+
+    A reply is parsed as aiosmtplib parses one (``_read_response_from_buffer``): the code
+    of its last line, the text after each code with line ends and blanks stripped, joined
+    by newlines; the same limits and the same malformed-reply error (without the line,
+    which can quote an address).
+    """
+    replies: list[SMTPResponse] = []
+    lines: list[bytes] = []
+    taken = offset = 0
+    while (end := buffer.find(b"\n", offset)) != -1:
+        line = bytes(buffer[offset : end + 1])
+        offset = end + 1
+        if len(line) > MAX_LINE_LENGTH:
+            raise aiosmtplib.SMTPResponseException(
+                SMTPStatus.invalid_response.value, "Response too long"
+            )
+        try:
+            code = int(line[:3])
+        except ValueError:
+            raise aiosmtplib.SMTPResponseException(
+                SMTPStatus.invalid_response.value, "Malformed SMTP response line"
+            ) from None
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            text = b"\n".join(lines).decode("utf-8", "surrogateescape")
+            replies.append(SMTPResponse(code, text))
+            lines.clear()
+            taken = offset
+    del buffer[:taken]
+    if len(buffer) > MAX_RESPONSE_LENGTH:
+        raise aiosmtplib.SMTPResponseException(
+            SMTPStatus.invalid_response.value, "Response too long"
+        )
+    return replies

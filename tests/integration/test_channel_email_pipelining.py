@@ -1,0 +1,332 @@
+"""The SMTP adapter with RFC 2920 PIPELINING, against SmtpSink with and without it: the
+same mail, the same classification and the same connection reuse either way, and
+pipelining really used when the relay offers it."""
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trustme
+import uvloop
+
+from dispatcher.channels.base import OutboundMessage
+from dispatcher.channels.email import SmtpChannel, SmtpProvider
+from dispatcher.channels.templates import EmailTemplate
+from dispatcher.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.testing import make_message
+
+CANARY = "canary-pii-7d2e@example.org"
+
+MakeChannel = Callable[..., SmtpChannel]
+
+
+def _message(**overrides: Any) -> OutboundMessage:
+    return make_message(**{"recipient": CANARY, **overrides})
+
+
+def _channel(
+    port: int, templates: dict[str, EmailTemplate] | None = None, **fields: Any
+) -> SmtpChannel:
+    values: dict[str, Any] = {
+        "name": "relay-a",
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "from_address": "alerts@dispatcher.example",
+        "timeout": 2.0,
+        **fields,
+    }
+    return SmtpChannel(SmtpProvider(**values), templates=templates)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
+async def sink(request: pytest.FixtureRequest) -> AsyncIterator[SmtpSink]:
+    async with SmtpSink(pipelining=request.param) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_channel() -> AsyncIterator[MakeChannel]:
+    made: list[SmtpChannel] = []
+
+    def make(port: int, **fields: Any) -> SmtpChannel:
+        channel = _channel(port, **fields)
+        made.append(channel)
+        return channel
+
+    yield make
+    for channel in made:
+        await channel.aclose()
+
+
+def _pipelined(sink: SmtpSink, count: int) -> int:
+    """How many of ``count`` messages after a connection's first go pipelined."""
+    return count if sink.pipelining else 0
+
+
+async def _send_error(channel: SmtpChannel) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(_message())
+    assert CANARY not in str(caught.value)
+    return caught.value
+
+
+async def test_pipelines_after_the_first_message(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """On a pooled connection, every message after the first (which says EHLO) sends
+    MAIL, RCPT and DATA in one write when the relay offers PIPELINING."""
+    channel = make_channel(sink.port)
+    receipts = [await channel.send(_message()) for _ in range(5)]
+    assert [r.provider_message_id for r in receipts] == [
+        f"Q{n:06d}" for n in range(1, 6)
+    ]
+    assert len(sink.received) == 5
+    assert sink.pipelined == _pipelined(sink, 4)
+    assert sink.connections == channel.connections_opened == 1
+
+
+async def test_concurrent_sends_pipeline_on_every_pooled_connection(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """Concurrent sends over a pool of three all arrive, each connection pipelining
+    after its first message."""
+    channel = make_channel(sink.port, pool_size=3)
+    await asyncio.gather(*(channel.send(_message()) for _ in range(30)))
+    assert len(sink.received) == 30
+    assert sink.pipelined == _pipelined(sink, 30 - sink.connections)
+
+
+def _without_date(content: bytes) -> bytes:
+    return re.sub(rb"(?m)^Date: [^\r\n]*\r\n", b"", content)
+
+
+async def test_same_mail_as_without_pipelining(make_channel: MakeChannel) -> None:
+    """The same deliveries arrive byte for byte (but their Date) with the same envelope
+    through a relay with PIPELINING and one without: 7-bit with leading dots, base64."""
+    templates = {
+        "crisis.*": EmailTemplate(
+            subject="Alert ${data.note}", body=".\n.${data.note}\n..x\r\nend."
+        )
+    }
+    messages = [
+        _message(data={"note": "plain"}),
+        _message(data={"note": "plain"}),
+        _message(data={"note": "Überprüfung"}),
+    ]
+    async with SmtpSink(pipelining=False) as plain, SmtpSink() as pipe:
+        for sink in (plain, pipe):
+            channel = make_channel(sink.port, templates=templates)
+            for message in messages:
+                await channel.send(message)
+        assert (plain.pipelined, pipe.pipelined) == (0, 2)
+        assert b"\r\n..x\r\n" in plain.received[0].content
+        for first, second in zip(plain.received, pipe.received, strict=True):
+            assert _without_date(first.content) == _without_date(second.content)
+            assert (first.mail_from, first.mail_options, first.rcpt_tos) == (
+                second.mail_from,
+                second.mail_options,
+                second.rcpt_tos,
+            )
+
+
+async def test_leading_dots_survive(sink: SmtpSink, make_channel: MakeChannel) -> None:
+    """Body lines that start with a dot, a lone dot included, arrive unchanged."""
+    body = "first\n.\n.leading\n..two\n. space\nlast"
+    channel = make_channel(
+        sink.port, templates={"crisis.*": EmailTemplate(subject="s", body=body)}
+    )
+    await channel.send(_message())
+    await channel.send(_message())
+    assert sink.pipelined == _pipelined(sink, 1)
+    expected = body.replace("\n", "\r\n").encode() + b"\r\n"
+    assert [mail.content.partition(b"\r\n\r\n")[2] for mail in sink.received] == [
+        expected,
+        expected,
+    ]
+
+
+REFUSALS = [
+    pytest.param("mail", 550, PermanentDeliveryError, id="mail-550"),
+    pytest.param("mail", 451, TransientDeliveryError, id="mail-451"),
+    pytest.param("rcpt", 550, PermanentDeliveryError, id="rcpt-550"),
+    pytest.param("rcpt", 450, TransientDeliveryError, id="rcpt-450"),
+    pytest.param("data_command", 554, PermanentDeliveryError, id="data-554"),
+    pytest.param("data", 451, TransientDeliveryError, id="dot-451"),
+]
+
+
+@pytest.mark.parametrize(("stage", "code", "kind"), REFUSALS)
+async def test_refusal_classified_and_connection_reused(
+    sink: SmtpSink,
+    make_channel: MakeChannel,
+    stage: Any,
+    code: int,
+    kind: type[DeliveryError],
+) -> None:
+    """A refused MAIL, RCPT, DATA or message is transient for 4xx and permanent for 5xx,
+    without the relay's text; the same connection then delivers the next message."""
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    sink.fail(code, stage=stage, times=1, text=f"<{CANARY}> refused")
+    error = await _send_error(channel)
+    assert type(error) is kind
+    assert (error.error_class, error.provider_code) == (
+        ErrorClass.PROVIDER_TRANSIENT
+        if kind is TransientDeliveryError
+        else ErrorClass.PROVIDER_PERMANENT,
+        str(code),
+    )
+    assert error.__cause__ is None
+    await channel.send(_message())
+    assert len(sink.received) == 2
+    assert sink.pipelined == _pipelined(sink, 2)
+    assert sink.connections == channel.connections_opened == 1
+
+
+async def test_421_is_transient_and_connection_replaced(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A 421 (the relay closes the session) is transient, and the next message goes over
+    a new connection."""
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    sink.fail(421, stage="rcpt", times=1)
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.provider_code == "421"
+    await channel.send(_message())
+    assert len(sink.received) == 2
+    assert channel.connections_opened == 2
+    assert sink.pipelined == _pipelined(sink, 1)
+
+
+@pytest.mark.parametrize("stage", ["rcpt", "data_command", "data"])
+async def test_cut_mid_transaction_is_transient_and_connection_discarded(
+    sink: SmtpSink, make_channel: MakeChannel, stage: Any
+) -> None:
+    """The relay closing the connection mid-transaction is a transient connection error;
+    the broken connection is dropped and the next message uses a new one."""
+    channel = make_channel(sink.port)
+    await channel.send(_message())
+    sink.cut(stage)
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.CONNECTION
+    await channel.send(_message())
+    assert len(sink.received) == 2
+    assert channel.connections_opened == 2
+    assert sink.pipelined == _pipelined(sink, 1)
+
+
+async def test_slow_reply_is_timeout_and_connection_discarded(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A reply slower than the per-operation timeout is a transient timeout; the
+    connection is dropped."""
+    channel = make_channel(sink.port, timeout=0.3)
+    await channel.send(_message())
+    sink.data_delay = 5.0
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.TIMEOUT
+    sink.heal()
+    await channel.send(_message())
+    assert channel.connections_opened == 2
+    assert sink.pipelined == _pipelined(sink, 1)
+
+
+async def test_deadline_mid_transaction_discards_connection(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """The attempt's deadline cancels a pipelined send; the pool closes that connection
+    and the next send succeeds on a new one."""
+    channel = make_channel(sink.port, timeout=30.0)
+    await channel.send(_message())
+    sink.data_delay = 60.0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await channel.send(_message())
+    sink.heal()
+    await channel.send(_message())
+    assert len(sink.received) == 2
+    assert channel.connections_opened == 2
+    assert sink.pipelined == _pipelined(sink, 1)
+
+
+async def test_no_address_in_logs(
+    sink: SmtpSink, make_channel: MakeChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the adapter nor the sink logs the recipient on a refused pipelined send."""
+    caplog.set_level(logging.DEBUG)
+    channel = make_channel(sink.port)
+    with structlog.testing.capture_logs() as logs:
+        await channel.send(_message())
+        sink.fail(550, stage="rcpt", times=1, text=f"<{CANARY}> unknown")
+        await _send_error(channel)
+        sink.fail(451, stage="data", times=1, text=f"<{CANARY}> later")
+        await _send_error(channel)
+    assert sink.pipelined == _pipelined(sink, 2)
+    assert CANARY not in repr(logs)
+    assert CANARY not in caplog.text
+
+
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+async def _tls_and_faults(ca: trustme.CA, ca_file: Path) -> SmtpSink:
+    """Over STARTTLS: three messages, a refused recipient, a cut connection, one more."""
+    async with SmtpSink(tls_context=_server_context(ca), require_starttls=True) as sink:
+        channel = _channel(sink.port, tls="starttls", ca_file=ca_file)
+        try:
+            for _ in range(3):
+                await channel.send(_message())
+            sink.fail(550, stage="rcpt", times=1)
+            with pytest.raises(PermanentDeliveryError):
+                await channel.send(_message())
+            sink.cut("rcpt")
+            with pytest.raises(TransientDeliveryError):
+                await channel.send(_message())
+            await channel.send(_message())
+            assert channel.connections_opened == 2
+        finally:
+            await channel.aclose()
+    return sink
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> tuple[trustme.CA, Path]:
+    ca = trustme.CA()
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+async def test_pipelines_over_starttls(ca_file: tuple[trustme.CA, Path]) -> None:
+    """After STARTTLS (and the EHLO it needs), messages are pipelined inside TLS."""
+    sink = await _tls_and_faults(*ca_file)
+    assert [mail.tls for mail in sink.received] == [True] * 4
+    assert sink.pipelined == 4
+
+
+def test_pipelines_on_uvloop(ca_file: tuple[trustme.CA, Path]) -> None:
+    """The same over STARTTLS on uvloop, the loop the dispatcher runs on, whose
+    transports are not asyncio's."""
+    sink = uvloop.run(_tls_and_faults(*ca_file))
+    assert [mail.tls for mail in sink.received] == [True] * 4
+    assert sink.pipelined == 4
