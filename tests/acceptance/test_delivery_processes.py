@@ -109,12 +109,15 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
         await Stack(make_settings(database), engine, deliver=False).publish(*events)
         await sink.wait_for(20)
         first.signal(signal.SIGKILL)
-        first.wait(10)
-        killed_at = time.time()
-        before_kill = {
-            r.webhook_id for r in sink.requests() if r.received_at <= killed_at
-        }
-        start(env, tmp_path / "second.log")
+        # The sink runs on this test's event loop: block it (a plain wait) and requests
+        # already sent sit unread, and attempts can even run into their deadline there.
+        await asyncio.to_thread(first.wait, 10)
+        # Let the sink take in what the dead replica had already sent: everything it has
+        # before the second replica starts came from the first, so it is the set of sends
+        # under way (or done) when the replica died.
+        await asyncio.sleep(0.5)
+        before_kill = {r.webhook_id for r in sink.requests()}
+        await asyncio.to_thread(start, env, tmp_path / "second.log")
         done = await wait_delivered(engine, 120, timeout=120)
     assert done == 120
     assert len(sink.accepted) == 120  # every delivery reached its endpoint
