@@ -5,7 +5,6 @@
 # caller's shell options nor exits the caller's shell on a failure (it returns 1 instead).
 _dispatcher_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Prints the PostgreSQL port on fd 3; everything else goes to stderr.
 _dispatcher_services() (
   set -euo pipefail
   ROOT="$_dispatcher_root"
@@ -70,11 +69,11 @@ _dispatcher_services() (
     echo "$stamp" > "$ROOT/.venv/.stamp"
   fi
 
-  echo "$PG_PORT" >&3
 )
 
 # Not inside `if` or `||`: bash ignores `set -e` in a function called from a condition.
-_dispatcher_pg_port="$(_dispatcher_services 3>&1 1>&2)"
+# Not inside `$(...)` either: the daemons it starts would hold the substitution's pipe open.
+_dispatcher_services 1>&2
 _dispatcher_rc=$?
 unset -f _dispatcher_services
 if [ "$_dispatcher_rc" -ne 0 ]; then
@@ -82,6 +81,7 @@ if [ "$_dispatcher_rc" -ne 0 ]; then
   # shellcheck disable=SC2317
   return 1 2>/dev/null || exit 1
 fi
+read -r _ _ _dispatcher_pg_port _ < <(pg_lsclusters --no-header | head -n 1)
 DISPATCHER_DB_PASSWORD="${DISPATCHER_DB_PASSWORD:-dispatcher}"
 export DISPATCHER_DATABASE_URL="${DISPATCHER_DATABASE_URL:-postgresql+asyncpg://dispatcher:${DISPATCHER_DB_PASSWORD}@127.0.0.1:${_dispatcher_pg_port}/dispatcher}"
 export DISPATCHER_AMQP_URL="${DISPATCHER_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}"
