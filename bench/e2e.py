@@ -75,8 +75,8 @@ TUNING: dict[str, Any] = {
     "email": {"concurrency": 32, "pool_size": 16},
     "sms": {"concurrency": 32},
     # The bench has one endpoint. The per-endpoint cap (default 8) is a bulkhead between
-    # endpoints; with a single one it only throttles it, and while it is at the cap every
-    # claim scans that endpoint's whole backlog (docs/benchmarks.md, "Claims").
+    # endpoints; with a single one it only throttles it, and refilling 8 slots two at a
+    # time costs a claim per two sends (docs/benchmarks.md, "Claims").
     "webhook": {"concurrency": 32, "max_inflight_per_recipient": 32},
 }
 

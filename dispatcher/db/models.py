@@ -152,6 +152,17 @@ class Delivery(Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('pending','in_flight')"),
         ),
+        # Webhook claims visit each endpoint with room (``outbox/store.py``): a blocked
+        # endpoint's backlog is never read.
+        Index(
+            "ix_deliveries_webhook_lanes",
+            "recipient",
+            "priority",
+            "next_attempt_at",
+            postgresql_where=text(
+                "channel = 'webhook' AND status IN ('pending','in_flight')"
+            ),
+        ),
         Index(None, "status", "updated_at"),
         Index(
             "ix_deliveries_dead",

@@ -69,6 +69,64 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
 
 
+#: Webhooks: the recipient names an endpoint, and an endpoint may be blocked (breaker
+#: open) or at its in-flight cap while thousands of its rows wait. The channel-wide claim
+#: above would read that whole backlog on every claim and filter it out row by row; this
+#: one lists the endpoints that have rows (a loose index scan: one index probe each), then
+#: reads at most each unblocked endpoint's room from ``ix_deliveries_webhook_lanes``. Same
+#: order, lease and fencing; ``considered`` counts the rows taken under the caps.
+_CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(
+    """
+    WITH RECURSIVE present(recipient) AS (
+        (SELECT recipient FROM deliveries
+         WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
+         ORDER BY recipient LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.recipient FROM deliveries AS d
+                WHERE d.channel = 'webhook' AND d.status IN ('pending', 'in_flight')
+                  AND d.recipient > p.recipient
+                ORDER BY d.recipient LIMIT 1)
+        FROM present AS p WHERE p.recipient IS NOT NULL
+    ), lanes AS (
+        SELECT p.recipient,
+               least(CAST(:limit AS int),
+                     coalesce(CAST(:cap AS int) - coalesce(busy.n, 0), CAST(:limit AS int)))
+                   AS room
+        FROM present AS p
+        LEFT JOIN unnest(CAST(:busy_recipients AS text[]), CAST(:busy_counts AS int[]))
+             AS busy(recipient, n) USING (recipient)
+        WHERE p.recipient IS NOT NULL
+          AND NOT (p.recipient = ANY(CAST(:blocked AS text[])))
+    ), candidates AS (
+        SELECT c.id, c.priority, c.next_attempt_at
+        FROM lanes AS l CROSS JOIN LATERAL (
+            SELECT id, priority, next_attempt_at FROM deliveries
+            WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
+              AND recipient = l.recipient
+              AND priority <= CAST(:max_priority AS int)
+              AND next_attempt_at <= now()
+            ORDER BY priority, next_attempt_at
+            LIMIT greatest(l.room, 0)
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority, c.next_attempt_at
+        LIMIT CAST(:limit AS int)
+    ), leased AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
+            lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
+            updated_at = now()
+        FROM candidates AS due, events AS e
+        WHERE d.id = due.id AND e.id = d.event_id
+        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
+                  d.created_at, d.traceparent, e.payload, due.next_attempt_at AS due_at
+    )
+    SELECT id, event_id, recipient, attempts, lease_token, priority, created_at,
+           traceparent, payload, (SELECT count(*) FROM candidates) AS considered
+    FROM leased ORDER BY priority, due_at
+    """
+)
+
 _COMPLETE, _COMPLETE_PARAMS = _positional(
     """
     WITH r AS (
@@ -222,22 +280,38 @@ async def claim(
     """Lease up to ``limit`` due deliveries of one channel, most urgent first.
 
     With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
-    the rest stay due, untouched. Outside a transaction the lease is committed when this
+    the rest stay due, untouched. Webhook rows are claimed per endpoint (``_CLAIM_LANES``):
+    the rows of ``blocked`` endpoints are not read at all. Outside a transaction the lease is committed when this
     returns (asyncpg hands the rows over only after the statement's implicit commit).
     """
     busy = in_flight or {}
-    rows = await conn.fetch(
-        _CLAIM,
-        channel,
-        max_priority,
-        list(blocked),
-        limit,
-        owner,
-        lease_seconds,
-        list(busy),
-        list(busy.values()),
-        cap,
-    )
+    if channel == "webhook":
+        args = {
+            "limit": limit,
+            "cap": cap,
+            "busy_recipients": list(busy),
+            "busy_counts": list(busy.values()),
+            "blocked": list(blocked),
+            "max_priority": max_priority,
+            "owner": owner,
+            "lease": lease_seconds,
+        }
+        rows = await conn.fetch(
+            _CLAIM_LANES, *(args[name] for name in _CLAIM_LANES_PARAMS)
+        )
+    else:
+        rows = await conn.fetch(
+            _CLAIM,
+            channel,
+            max_priority,
+            list(blocked),
+            limit,
+            owner,
+            lease_seconds,
+            list(busy),
+            list(busy.values()),
+            cap,
+        )
     return Claim(
         [Claimed(*row[:-1]) for row in rows], rows[0]["considered"] if rows else 0
     )

@@ -4,6 +4,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -11,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.outbox.store import (
+    _CLAIM_LANES,
+    _CLAIM_LANES_PARAMS,
     AttemptRecord,
     AuditNote,
     Outcome,
@@ -163,10 +166,148 @@ async def test_claim_leaves_what_is_over_a_recipients_cap_untouched(
             in_flight={"busy": 1},
         )
     assert [c.id for c in result.rows] == [first, second, other]
-    assert result.considered == 4
+    # Webhook claims read each endpoint only up to its room: the row over the cap is not
+    # even a candidate.
+    assert result.considered == 3
     left = await row(engine, third)
     assert (left.status, left.attempts, left.lease_token) == ("pending", 0, None)
     assert [c.id for c in await claim_now(engine, "webhook")] == [third]
+
+
+async def test_webhook_claim_orders_across_endpoints_and_honours_caps_and_blocks(
+    engine: AsyncEngine,
+) -> None:
+    """Per-endpoint lanes keep the global order: most urgent first, then oldest due."""
+    a_low_old = await seed(engine, channel="webhook", recipient="a", due_in=-30)
+    a_low_new = await seed(engine, channel="webhook", recipient="a", due_in=-5)
+    b_critical = await seed(
+        engine, channel="webhook", recipient="b", severity="critical"
+    )
+    b_low = await seed(engine, channel="webhook", recipient="b", due_in=-20)
+    await seed(
+        engine, channel="webhook", recipient="c", severity="critical", due_in=-40
+    )
+    await seed(engine, channel="webhook", recipient="a", due_in=60)  # not due yet
+    claimed = await claim_now(engine, "webhook", blocked=["c"], limit=3)
+    assert [c.id for c in claimed] == [b_critical, a_low_old, b_low]
+    # "a" has one in flight under a cap of 1: nothing more for it; "c" is still blocked.
+    rest = await claim_now(
+        engine, "webhook", blocked=["c"], cap=1, in_flight={"a": 1, "b": 0}
+    )
+    assert rest == []
+    assert [c.id for c in await claim_now(engine, "webhook", blocked=["c"])] == [
+        a_low_new
+    ]
+
+
+async def test_concurrent_webhook_claims_never_share_a_row(engine: AsyncEngine) -> None:
+    ids = {
+        await seed(engine, channel="webhook", recipient=f"endpoint-{n % 3}")
+        for n in range(45)
+    }
+    batches = await asyncio.gather(
+        *(claim_now(engine, "webhook", limit=7, cap=4) for _ in range(12))
+    )
+    claimed = [c.id for batch in batches for c in batch]
+    assert len(claimed) == len(set(claimed))
+    for batch in batches:  # the cap holds within each claim
+        per_endpoint: dict[str, int] = {}
+        for c in batch:
+            per_endpoint[c.recipient] = per_endpoint.get(c.recipient, 0) + 1
+        assert max(per_endpoint.values(), default=0) <= 4
+    while len(claimed) < len(ids):
+        batch = await claim_now(engine, "webhook", limit=50)
+        assert batch, "rows were stranded"
+        claimed += [c.id for c in batch]
+    assert sorted(claimed) == sorted(ids)
+
+
+_BACKLOG = text(
+    """
+    WITH e AS (
+        INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id,
+                            payload, digest, delivery_count)
+        SELECT gen_random_uuid(), 1, 'crisis.detected', 'low', now(), 'subject-1',
+               '{}'::jsonb, '\\x00', 1
+        FROM generate_series(1, :n)
+        RETURNING id
+    )
+    INSERT INTO deliveries (id, event_id, channel, recipient, priority, next_attempt_at)
+    SELECT gen_random_uuid(), id, 'webhook', :recipient, 3, now() - interval '1 minute'
+    FROM e
+    """
+)
+
+
+async def _claim_buffers(engine: AsyncEngine, **kwargs) -> tuple[int, int]:
+    """(Buffers the webhook claim read to choose its rows, rows it leased), rolled back.
+
+    Only the choosing part: the lease's own writes touch one index page per index level,
+    and the indexes get a level deeper as the table grows."""
+    args = {
+        "limit": 16,
+        "cap": 8,
+        "busy_recipients": [],
+        "busy_counts": [],
+        "max_priority": 4,
+        "owner": "test",
+        "lease": 60.0,
+        **kwargs,
+    }
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.execute("ANALYZE deliveries")
+        # Rolled back: the measurement leaves no lease behind.
+        tx = driver.transaction()
+        await tx.start()
+        try:
+            plan = await driver.fetchval(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM_LANES,
+                *(args[name] for name in _CLAIM_LANES_PARAMS),
+            )
+            leased = await driver.fetchval(
+                "SELECT count(*) FROM deliveries WHERE status = 'in_flight'"
+            )
+        finally:
+            await tx.rollback()
+    (top,) = json.loads(plan) if isinstance(plan, str) else plan
+    (candidates,) = _nodes(top["Plan"], "CTE candidates")
+    return candidates["Shared Hit Blocks"] + candidates["Shared Read Blocks"], leased
+
+
+def _nodes(node: dict[str, Any], subplan: str) -> list[dict[str, Any]]:
+    found = [node] if node.get("Subplan Name") == subplan else []
+    for child in node.get("Plans", []):
+        found += _nodes(child, subplan)
+    return found
+
+
+async def test_a_blocked_endpoints_backlog_costs_a_webhook_claim_nothing(
+    engine: AsyncEngine,
+) -> None:
+    """An endpoint whose breaker is open (or at its cap) may hold a long backlog during an
+    outage: a claim for the other endpoints must not read it. Measured in buffers touched,
+    which would grow with the backlog if its rows were read and filtered out."""
+    for n in range(5):
+        await seed(engine, channel="webhook", recipient="healthy", due_in=-n)
+    async with engine.begin() as conn:
+        await conn.execute(_BACKLOG, {"n": 200, "recipient": "down"})
+        await conn.execute(_BACKLOG, {"n": 200, "recipient": "full"})
+    small, leased = await _claim_buffers(
+        engine, blocked=["down"], busy_recipients=["full"], busy_counts=[8]
+    )
+    assert leased == 5  # only the healthy endpoint's rows
+    async with engine.begin() as conn:
+        await conn.execute(_BACKLOG, {"n": 20_000, "recipient": "down"})
+        await conn.execute(_BACKLOG, {"n": 20_000, "recipient": "full"})
+    large, leased = await _claim_buffers(
+        engine, blocked=["down"], busy_recipients=["full"], busy_counts=[8]
+    )
+    assert leased == 5
+    # 40,000 more rows span about 600 heap pages (the channel-wide claim reads them all
+    # here) and hundreds of index pages; at most an index level more is allowed for.
+    assert large - small <= 8, (small, large)
 
 
 async def test_claim_is_a_lease_with_a_fresh_token_and_counts_the_attempt(
