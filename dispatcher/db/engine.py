@@ -39,7 +39,13 @@ def create_engine(
         connect_args={
             "timeout": 5,
             "command_timeout": 60,
-            "server_settings": {"application_name": application_name},
+            "server_settings": {
+                "application_name": application_name,
+                # Every statement here is short. With JIT on (PostgreSQL's default) a
+                # claim whose estimate crosses jit_above_cost on a large outbox spent
+                # ~24 ms compiling to run for 1.5 (docs/benchmarks.md, "Claims").
+                "jit": "off",
+            },
         },
     )
 

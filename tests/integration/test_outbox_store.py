@@ -474,3 +474,11 @@ async def test_status_queries(engine: AsyncEngine) -> None:
 async def queue_status_now(engine: AsyncEngine):
     async with engine.connect() as conn:
         return await queue_status(conn)
+
+
+async def test_dispatcher_connections_run_without_jit(engine: AsyncEngine) -> None:
+    """PostgreSQL's JIT compiles any statement whose estimate crosses jit_above_cost: a
+    webhook claim over a 200,000-row outbox spent ~24 ms compiling to run for 1.5 ms
+    (bench/claim_backlog.py). Every dispatcher statement is short, so it is off."""
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SHOW jit"))).scalar_one() == "off"
