@@ -42,18 +42,22 @@ _CLAIM = """
         LEFT JOIN unnest($7::text[], $8::int[]) AS busy(recipient, n) USING (recipient)
         WHERE $9::int IS NULL OR c.nth <= $9::int - coalesce(busy.n, 0)
     ), leased AS (
+        -- By primary key from an array rather than a join with ``due``: a generic plan
+        -- cannot see the LIMIT and may hash-join whole tables here (see _CLAIM_LANES).
         UPDATE deliveries AS d
         SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
             lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
             updated_at = now()
-        FROM due, events AS e
-        WHERE d.id = due.id AND e.id = d.event_id
+        FROM events AS e
+        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND e.id = d.event_id
         RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, e.payload, due.due_at
+                  d.created_at, d.traceparent, e.payload
     )
-    SELECT id, event_id, recipient, attempts, lease_token, priority, created_at,
-           traceparent, payload, (SELECT count(*) FROM candidates) AS considered
-    FROM leased ORDER BY priority, due_at
+    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, l.payload,
+           (SELECT count(*) FROM candidates) AS considered
+    FROM leased AS l JOIN due USING (id)
+    ORDER BY l.priority, due.due_at
     """
 
 
@@ -112,18 +116,23 @@ _CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(
         ORDER BY c.priority, c.next_attempt_at
         LIMIT CAST(:limit AS int)
     ), leased AS (
+        -- By primary key from an array, not a join with ``candidates``: PostgreSQL cannot
+        -- see the lateral LIMITs, and after five runs it may keep a generic plan that
+        -- estimates thousands of candidates and hash-joins whole tables here.
         UPDATE deliveries AS d
         SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
             lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
             updated_at = now()
-        FROM candidates AS due, events AS e
-        WHERE d.id = due.id AND e.id = d.event_id
+        FROM events AS e
+        WHERE d.id = ANY(ARRAY(SELECT id FROM candidates)) AND e.id = d.event_id
         RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, e.payload, due.next_attempt_at AS due_at
+                  d.created_at, d.traceparent, e.payload
     )
-    SELECT id, event_id, recipient, attempts, lease_token, priority, created_at,
-           traceparent, payload, (SELECT count(*) FROM candidates) AS considered
-    FROM leased ORDER BY priority, due_at
+    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, l.payload,
+           (SELECT count(*) FROM candidates) AS considered
+    FROM leased AS l JOIN candidates AS c USING (id)
+    ORDER BY c.priority, c.next_attempt_at
     """
 )
 

@@ -24,12 +24,15 @@ _WHERE = sa.text("channel = 'webhook' AND status IN ('pending','in_flight')")
 
 def upgrade() -> None:
     # Partial: only webhook rows still to deliver, a small index however long the history.
+    # IF NOT EXISTS: on a large table operators may build it CONCURRENTLY beforehand
+    # (docs/operations.md, "Upgrades").
     op.create_index(
         "ix_deliveries_webhook_lanes",
         "deliveries",
         ["recipient", "priority", "next_attempt_at"],
         unique=False,
         postgresql_where=_WHERE,
+        if_not_exists=True,
     )
 
 

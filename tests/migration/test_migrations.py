@@ -61,6 +61,23 @@ async def test_upgrade_is_idempotent(empty_engine) -> None:
         ).scalar() == 1
 
 
+async def test_0002_skips_an_index_built_concurrently_beforehand(empty_engine) -> None:
+    """docs/operations.md tells operators of a large outbox to build the webhook-lanes
+    index CONCURRENTLY before upgrading; the migration must then accept it as it is."""
+    await migrate.upgrade(empty_engine, "0001")
+    async with empty_engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(
+            text(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_deliveries_webhook_lanes"
+                " ON deliveries (recipient, priority, next_attempt_at)"
+                " WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')"
+            )
+        )
+    await migrate.upgrade(empty_engine)
+    await migrate.check(empty_engine)
+
+
 @pytest.mark.parametrize(
     "statement",
     ["UPDATE audit_log SET kind = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"],
