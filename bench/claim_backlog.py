@@ -27,7 +27,12 @@ import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dispatcher.db.migrate import upgrade
-from dispatcher.outbox.store import _CLAIM, _CLAIM_LANES, _CLAIM_LANES_PARAMS
+from dispatcher.outbox.store import (
+    _CLAIM,
+    _CLAIM_LANES,
+    _CLAIM_LANES_PARAMS,
+    _CLAIM_PARAMS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHY = ("endpoint-a", "endpoint-b", "endpoint-c")
@@ -111,7 +116,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 await conn.execute(_SEED, backlog - seeded, BLOCKED, 3600.0)
                 seeded = backlog
             await conn.execute("VACUUM ANALYZE deliveries")
-            lanes = {
+            params = {
+                "channel": "webhook",
                 "limit": 32,
                 "cap": 8,
                 "busy_recipients": [],
@@ -125,13 +131,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             row["per_endpoint"] = await measure(
                 conn,
                 _CLAIM_LANES,
-                [lanes[n] for n in _CLAIM_LANES_PARAMS],
+                [params[n] for n in _CLAIM_LANES_PARAMS],
                 args.repeat,
             )
             row["channel_wide"] = await measure(
                 conn,
                 _CLAIM,
-                ["webhook", 4, [BLOCKED], 32, "bench", 60.0, [], [], 8],
+                [params[n] for n in _CLAIM_PARAMS],
                 args.repeat,
             )
             results.append(row)

@@ -18,48 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.db.models import DeliveryStatus
 
-#: asyncpg form ($1 channel, $2 max_priority, $3 blocked, $4 limit, $5 owner, $6 lease
-#: seconds, $7/$8 recipients and their attempts in flight, $9 per-recipient cap or NULL):
-#: one statement, so it is its own transaction and one round trip per claim. Candidates
-#: beyond a recipient's room under the cap are locked for the statement only and left
-#: as they were: not leased, not reordered, due for the next claim.
-_CLAIM = """
-    WITH candidates AS (
-        SELECT id, recipient, priority, next_attempt_at FROM deliveries
-        WHERE channel = $1
-          AND status IN ('pending', 'in_flight')
-          AND next_attempt_at <= now()
-          AND priority <= $2
-          AND NOT (recipient = ANY($3::text[]))
-        ORDER BY priority, next_attempt_at
-        LIMIT $4
-        FOR UPDATE SKIP LOCKED
-    ), due AS (
-        SELECT c.id, c.next_attempt_at AS due_at
-        FROM (SELECT *, row_number() OVER (PARTITION BY recipient
-                                           ORDER BY priority, next_attempt_at) AS nth
-              FROM candidates) AS c
-        LEFT JOIN unnest($7::text[], $8::int[]) AS busy(recipient, n) USING (recipient)
-        WHERE $9::int IS NULL OR c.nth <= $9::int - coalesce(busy.n, 0)
-    ), leased AS (
-        -- By primary key from an array rather than a join with ``due``: a generic plan
-        -- cannot see the LIMIT and may hash-join whole tables here (see _CLAIM_LANES).
-        UPDATE deliveries AS d
-        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-            lease_owner = $5, next_attempt_at = now() + make_interval(secs => $6),
-            updated_at = now()
-        FROM events AS e
-        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND e.id = d.event_id
-        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, e.payload
-    )
-    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
-           l.created_at, l.traceparent, l.payload,
-           (SELECT count(*) FROM candidates) AS considered
-    FROM leased AS l JOIN due USING (id)
-    ORDER BY l.priority, due.due_at
-    """
-
 
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """``:name`` parameters to asyncpg's ``$n`` (``::type`` casts are left alone)."""
@@ -73,14 +31,65 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
 
 
+#: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
+#: picked from ``candidates``, and return it most urgent first, oldest due first. By
+#: primary key from an array rather than a join with ``chosen``: PostgreSQL cannot see
+#: the LIMITs, and after five runs it may keep a generic plan that estimates thousands
+#: of rows and hash-joins whole tables here (docs/benchmarks.md, "A blocked endpoint's
+#: backlog").
+_LEASE_CHOSEN = """
+    , leased AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
+            lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
+            updated_at = now()
+        FROM events AS e
+        WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND e.id = d.event_id
+        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
+                  d.created_at, d.traceparent, e.payload
+    )
+    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, l.payload,
+           (SELECT count(*) FROM candidates) AS considered
+    FROM leased AS l JOIN chosen AS c USING (id)
+    ORDER BY c.priority, c.next_attempt_at
+    """
+
+#: Email and SMS: one ordered scan of the channel's due rows. One statement, so it is its
+#: own transaction and one round trip per claim. Candidates beyond a recipient's room
+#: under the cap are locked for the statement only and left as they were: not leased,
+#: not reordered, due for the next claim.
+_CHOOSE_BY_CHANNEL = """
+    WITH candidates AS (
+        SELECT id, recipient, priority, next_attempt_at FROM deliveries
+        WHERE channel = :channel
+          AND status IN ('pending', 'in_flight')
+          AND next_attempt_at <= now()
+          AND priority <= :max_priority
+          AND NOT (recipient = ANY(CAST(:blocked AS text[])))
+        ORDER BY priority, next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), chosen AS (
+        SELECT c.id, c.priority, c.next_attempt_at
+        FROM (SELECT *, row_number() OVER (PARTITION BY recipient
+                                           ORDER BY priority, next_attempt_at) AS nth
+              FROM candidates) AS c
+        LEFT JOIN unnest(CAST(:busy_recipients AS text[]), CAST(:busy_counts AS int[]))
+             AS busy(recipient, n) USING (recipient)
+        WHERE CAST(:cap AS int) IS NULL
+           OR c.nth <= CAST(:cap AS int) - coalesce(busy.n, 0)
+    )
+    """
+_CLAIM, _CLAIM_PARAMS = _positional(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
+
 #: Webhooks: the recipient names an endpoint, and an endpoint may be blocked (breaker
 #: open) or at its in-flight cap while thousands of its rows wait. The channel-wide claim
 #: above would read that whole backlog on every claim and filter it out row by row; this
 #: one lists the endpoints that have rows (a loose index scan: one index probe each), then
 #: reads at most each unblocked endpoint's room from ``ix_deliveries_webhook_lanes``. Same
 #: order, lease and fencing; ``considered`` counts the rows taken under the caps.
-_CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(
-    """
+_CHOOSE_BY_ENDPOINT = """
     WITH RECURSIVE present(recipient) AS (
         (SELECT recipient FROM deliveries
          WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
@@ -115,26 +124,12 @@ _CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(
         ) AS c
         ORDER BY c.priority, c.next_attempt_at
         LIMIT CAST(:limit AS int)
-    ), leased AS (
-        -- By primary key from an array, not a join with ``candidates``: PostgreSQL cannot
-        -- see the lateral LIMITs, and after five runs it may keep a generic plan that
-        -- estimates thousands of candidates and hash-joins whole tables here.
-        UPDATE deliveries AS d
-        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-            lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
-            updated_at = now()
-        FROM events AS e
-        WHERE d.id = ANY(ARRAY(SELECT id FROM candidates)) AND e.id = d.event_id
-        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, e.payload
+    ), chosen AS (
+        SELECT id, priority, next_attempt_at FROM candidates
     )
-    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
-           l.created_at, l.traceparent, l.payload,
-           (SELECT count(*) FROM candidates) AS considered
-    FROM leased AS l JOIN candidates AS c USING (id)
-    ORDER BY c.priority, c.next_attempt_at
     """
-)
+_CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
+
 
 _COMPLETE, _COMPLETE_PARAMS = _positional(
     """
@@ -290,37 +285,28 @@ async def claim(
 
     With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
     the rest stay due, untouched. Webhook rows are claimed per endpoint (``_CLAIM_LANES``):
-    the rows of ``blocked`` endpoints are not read at all. Outside a transaction the lease is committed when this
-    returns (asyncpg hands the rows over only after the statement's implicit commit).
+    the rows of ``blocked`` endpoints are not read at all. Outside a transaction the lease
+    is committed when this returns (asyncpg hands the rows over only after the
+    statement's implicit commit).
     """
     busy = in_flight or {}
-    if channel == "webhook":
-        args = {
-            "limit": limit,
-            "cap": cap,
-            "busy_recipients": list(busy),
-            "busy_counts": list(busy.values()),
-            "blocked": list(blocked),
-            "max_priority": max_priority,
-            "owner": owner,
-            "lease": lease_seconds,
-        }
-        rows = await conn.fetch(
-            _CLAIM_LANES, *(args[name] for name in _CLAIM_LANES_PARAMS)
-        )
-    else:
-        rows = await conn.fetch(
-            _CLAIM,
-            channel,
-            max_priority,
-            list(blocked),
-            limit,
-            owner,
-            lease_seconds,
-            list(busy),
-            list(busy.values()),
-            cap,
-        )
+    args = {
+        "channel": channel,
+        "limit": limit,
+        "cap": cap,
+        "busy_recipients": list(busy),
+        "busy_counts": list(busy.values()),
+        "blocked": list(blocked),
+        "max_priority": max_priority,
+        "owner": owner,
+        "lease": lease_seconds,
+    }
+    sql, names = (
+        (_CLAIM_LANES, _CLAIM_LANES_PARAMS)
+        if channel == "webhook"
+        else (_CLAIM, _CLAIM_PARAMS)
+    )
+    rows = await conn.fetch(sql, *(args[name] for name in names))
     return Claim(
         [Claimed(*row[:-1]) for row in rows], rows[0]["considered"] if rows else 0
     )
