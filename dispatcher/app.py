@@ -106,12 +106,14 @@ def build_delivery(
     """The channel workers of this replica, for every enabled channel (or ``only`` these)."""
     owner = owner or replica_id()
     dead_letters = (
-        DeadLetterMirror(settings.amqp_url.get_secret_value(), settings.queue_prefix)
+        DeadLetterMirror(
+            settings.amqp_url.get_secret_value(), settings.queue_prefix, engine
+        )
         if mirror
         else None
     )
     recorder = Recorder(
-        engine, on_dead=dead_letters.publish if dead_letters is not None else None
+        engine, on_dead=dead_letters.add if dead_letters is not None else None
     )
     channels: dict[ChannelKind, tuple[Providers, ChannelDelivery]] = {}
     for kind, config in channel_configs(settings).items():

@@ -308,7 +308,7 @@ def status() -> None:
 
     from dispatcher.app import build_engine  # noqa: PLC0415
     from dispatcher.db.engine import wrap_db_errors  # noqa: PLC0415
-    from dispatcher.outbox.store import (  # noqa: PLC0415
+    from dispatcher.outbox.status import (  # noqa: PLC0415
         BreakerStatus,
         QueueCount,
         breaker_status,

@@ -137,6 +137,8 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     delivered_at: Mapped[datetime | None]
     dead_at: Mapped[datetime | None]
+    #: When the broker confirmed this dead letter's message in the RabbitMQ mirror.
+    mirrored_at: Mapped[datetime | None]
     traceparent: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
@@ -164,6 +166,12 @@ class Delivery(Base):
             ),
         ),
         Index(None, "status", "updated_at"),
+        # Dead letters the RabbitMQ mirror has not confirmed yet (delivery/deadletter.py).
+        Index(
+            "ix_deliveries_unmirrored",
+            "dead_at",
+            postgresql_where=text("status = 'dead' AND mirrored_at IS NULL"),
+        ),
         Index(
             "ix_deliveries_dead",
             "channel",

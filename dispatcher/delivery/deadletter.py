@@ -1,19 +1,33 @@
 """Mirror dead-lettered deliveries to durable per-channel RabbitMQ queues.
 
 The database row (``status = dead``) is the authoritative dead-letter queue; the mirror is
-for operators' RabbitMQ tooling and alerting. A failed mirror publish is logged and does
-not undo the dead-lettering: replay keeps the two in agreement.
+for operators' RabbitMQ tooling and alerting. It is an outbox of its own: a dead letter is
+published when the recorder commits it, marked ``mirrored_at`` once the broker confirms,
+and a periodic sweep publishes every dead row still unmarked (a crash between the commit
+and the publish, a broker outage), so the mirror catches up with the database. At least
+once: consumers de-duplicate by ``message_id`` (the delivery id).
+
+The mirror runs in its own task. The recorder only hands dead letters over, so a slow or
+absent broker never holds up the recording of outcomes, whose leases would otherwise expire.
 """
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Sequence
+from uuid import UUID
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher import topology
+from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind
+from dispatcher.outbox.deadletters import mark_mirrored, unmirrored
 from dispatcher.outbox.store import DeadLettered
 
 log = structlog.get_logger("dispatcher.delivery")
@@ -22,11 +36,32 @@ log = structlog.get_logger("dispatcher.delivery")
 class DeadLetterMirror:
     """Publishes one small message (ids and error class, no PII) per dead letter."""
 
-    def __init__(self, amqp_url: str, queue_prefix: str) -> None:
+    def __init__(
+        self,
+        amqp_url: str,
+        queue_prefix: str,
+        engine: AsyncEngine,
+        *,
+        sweep_interval: float = 30.0,
+        grace_seconds: float = 10.0,
+        batch: int = 500,
+        publish_timeout: float = 5.0,
+    ) -> None:
         self._url = amqp_url
         self._prefix = queue_prefix
+        self._link = KeptConnection(engine)
+        self._sweep_interval = sweep_interval
+        self._grace = grace_seconds
+        self._batch = batch
+        self._timeout = publish_timeout
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._pending: list[DeadLettered] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        #: Mirror messages the broker confirmed; for tests and metrics.
+        self.confirmed = 0
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url, timeout=10)
@@ -43,38 +78,120 @@ class DeadLetterMirror:
                 arguments={"x-queue-type": "quorum"},
             )
             await queue.bind(self._exchange, routing_key=kind.value)
+        self._task = asyncio.create_task(self._run(), name="dlq-mirror")
 
     async def stop(self) -> None:
+        """Publish what was handed over (once), then close; the sweep has the rest."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._link.close()
         if self._connection is not None:
             await self._connection.close()
 
-    async def publish(self, dead: Sequence[DeadLettered]) -> None:
-        if self._exchange is None:
-            return
-        for row in dead:
-            body = json.dumps(
-                {
-                    "delivery_id": str(row.id),
-                    "event_id": str(row.event_id),
-                    "channel": row.channel,
-                    "attempts": row.attempts,
-                    "error_class": row.error_class,
-                }
-            ).encode()
+    def add(self, dead: Sequence[DeadLettered]) -> None:
+        """Hand over freshly dead-lettered deliveries; never waits."""
+        self._pending.extend(dead)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        next_sweep = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if not self._pending and not self._stopping and now < next_sweep:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), next_sweep - now)
+                self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._mirror(batch)
+            if self._stopping:
+                return
+            if time.monotonic() >= next_sweep:
+                await self._sweep()
+                next_sweep = time.monotonic() + self._sweep_interval
+
+    async def _sweep(self) -> None:
+        """Publish dead letters the broker never confirmed, oldest first."""
+        while not self._stopping:
             try:
-                await self._exchange.publish(
-                    aio_pika.Message(
-                        body,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=str(row.id),
-                        content_type="application/json",
-                    ),
-                    routing_key=row.channel,
-                    timeout=5,
-                )
-            except (TimeoutError, aio_pika.exceptions.AMQPError, OSError) as exc:
+                with wrap_db_errors():
+                    rows = await unmirrored(
+                        await self._link.driver(),
+                        grace_seconds=self._grace,
+                        limit=self._batch,
+                    )
+            except DispatcherError as exc:
+                await self._link.close(broken=True)
                 log.warning(
-                    "dispatcher.delivery.dlq_mirror_failed",
-                    delivery_id=str(row.id),
+                    "dispatcher.delivery.dlq_sweep_failed",
                     error_type=type(exc).__name__,
                 )
+                return
+            if not rows:
+                return
+            log.info("dispatcher.delivery.dlq_sweep", unmirrored=len(rows))
+            if await self._mirror(rows) < len(rows) or len(rows) < self._batch:
+                return  # the broker refused some: try again at the next sweep
+
+    async def _mirror(self, rows: Sequence[DeadLettered]) -> int:
+        """Publish, then mark what the broker confirmed; how many it confirmed."""
+        results = await asyncio.gather(*(self._publish(row) for row in rows))
+        confirmed = [row.id for row, ok in zip(rows, results, strict=True) if ok]
+        failed = [row.id for row, ok in zip(rows, results, strict=True) if not ok]
+        if failed:
+            log.warning(
+                "dispatcher.delivery.dlq_mirror_failed",
+                failed=len(failed),
+                first_delivery_id=str(failed[0]),
+            )
+        if confirmed:
+            await self._mark(confirmed)
+        self.confirmed += len(confirmed)
+        return len(confirmed)
+
+    async def _mark(self, ids: list[UUID]) -> None:
+        try:
+            with wrap_db_errors():
+                await mark_mirrored(await self._link.driver(), ids)
+        except DispatcherError as exc:
+            # Unmarked rows are published again by a later sweep: a duplicate, not a loss.
+            await self._link.close(broken=True)
+            log.warning(
+                "dispatcher.delivery.dlq_mark_failed",
+                error_type=type(exc).__name__,
+                confirmed=len(ids),
+            )
+
+    async def _publish(self, row: DeadLettered) -> bool:
+        if self._exchange is None:
+            return False
+        body = json.dumps(
+            {
+                "delivery_id": str(row.id),
+                "event_id": str(row.event_id),
+                "channel": row.channel,
+                "attempts": row.attempts,
+                "error_class": row.error_class,
+            }
+        ).encode()
+        try:
+            await self._exchange.publish(
+                aio_pika.Message(
+                    body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=str(row.id),
+                    content_type="application/json",
+                ),
+                routing_key=row.channel,
+                timeout=self._timeout,
+            )
+        except (
+            TimeoutError,
+            OSError,
+            aio_pika.exceptions.AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,  # reconnecting
+        ):
+            return False
+        return True

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +20,7 @@ class Recorder:
     def __init__(
         self,
         engine: AsyncEngine,
-        on_dead: Callable[[list[DeadLettered]], Awaitable[None]] | None = None,
+        on_dead: Callable[[list[DeadLettered]], None] | None = None,
         *,
         batch_max: int = 500,
     ) -> None:
@@ -140,4 +140,5 @@ class Recorder:
                 continue
             delay = 0.1
             if dead and self._on_dead is not None:
-                await self._on_dead(dead)
+                # Hands over and returns: the mirror publishes in its own task.
+                self._on_dead(dead)

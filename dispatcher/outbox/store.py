@@ -1,4 +1,4 @@
-"""Every SQL statement of delivery: claim with a lease, record outcomes, status queries.
+"""The SQL of delivery: claim with a lease, record outcomes.
 
 A claim is a lease: ``status = in_flight`` and ``next_attempt_at`` = lease expiry, so a row
 whose worker died becomes claimable again by the same query. Each claim draws a new
@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dispatcher.db.models import DeliveryStatus
 
@@ -152,6 +149,7 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
             last_provider = coalesce(r.provider, d.last_provider),
             delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END,
             dead_at = CASE WHEN r.status = 'dead' THEN now() ELSE d.dead_at END,
+            mirrored_at = CASE WHEN r.status = 'dead' THEN NULL ELSE d.mirrored_at END,
             updated_at = now()
         FROM r
         WHERE d.id = r.id AND d.lease_token = r.token
@@ -357,61 +355,3 @@ async def complete(
         for r in rows
         if r["status"] == DeliveryStatus.DEAD
     ]
-
-
-_QUEUE_STATUS = text(
-    """
-    SELECT channel, status, count(*) AS n,
-           min(next_attempt_at) FILTER (WHERE status = 'pending') AS next_due
-    FROM deliveries GROUP BY channel, status ORDER BY channel, status
-    """
-)
-
-_BREAKER_STATUS = text(
-    """
-    SELECT DISTINCT ON (detail->>'owner', detail->>'channel', detail->>'provider')
-           at, detail->>'owner' AS owner, detail->>'channel' AS channel,
-           detail->>'provider' AS provider, detail->>'new' AS state, detail->>'reason' AS reason
-    FROM audit_log
-    WHERE kind = 'breaker.transition' AND at > now() - make_interval(secs => :horizon)
-    ORDER BY detail->>'owner', detail->>'channel', detail->>'provider', at DESC
-    """
-)
-
-
-@dataclass(frozen=True, slots=True)
-class QueueCount:
-    channel: str
-    status: str
-    count: int
-    next_due: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerStatus:
-    """The last recorded transition of one breaker in one replica."""
-
-    at: datetime
-    owner: str
-    channel: str
-    provider: str
-    state: str
-    reason: str
-
-
-async def queue_status(conn: AsyncConnection) -> list[QueueCount]:
-    """Deliveries per channel and status, with the earliest due pending one."""
-    return [QueueCount(*row) for row in await conn.execute(_QUEUE_STATUS)]
-
-
-async def breaker_status(
-    conn: AsyncConnection, *, horizon_seconds: float = 7 * 86400
-) -> list[BreakerStatus]:
-    """The latest state of every breaker that changed state within the horizon.
-
-    Breakers live in each replica's memory; their transitions are audited, so the newest
-    transition per replica and provider is that breaker's state (a breaker with no entry
-    has been closed since its replica started).
-    """
-    rows = await conn.execute(_BREAKER_STATUS, {"horizon": horizon_seconds})
-    return [BreakerStatus(*row) for row in rows]

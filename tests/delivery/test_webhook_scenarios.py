@@ -91,6 +91,16 @@ async def test_404_is_dead_lettered_after_one_attempt_and_mirrored_to_the_dlq(
         assert body["error_class"] == "provider_permanent"
         assert "case-system" not in message.body.decode()  # ids only, no recipient
         await message.ack()
+        marked = None  # set once the broker confirmed, so no sweep resends it
+        for _ in range(100):
+            (found,) = await s.rows(
+                "SELECT mirrored_at FROM deliveries WHERE id = :id", id=row.id
+            )
+            marked = found.mirrored_at
+            if marked is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert marked is not None
     assert len(webhook_sink.requests("/case-system")) == 1
 
 

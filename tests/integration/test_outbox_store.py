@@ -11,16 +11,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.models import DeliveryStatus
+from dispatcher.outbox.status import breaker_status, queue_status
 from dispatcher.outbox.store import (
     _CLAIM_LANES,
     _CLAIM_LANES_PARAMS,
     AttemptRecord,
     AuditNote,
     Outcome,
-    breaker_status,
     claim,
     complete,
-    queue_status,
 )
 from dispatcher.testing import make_event
 

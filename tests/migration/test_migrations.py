@@ -61,9 +61,11 @@ async def test_upgrade_is_idempotent(empty_engine) -> None:
         ).scalar() == 1
 
 
-async def test_0002_skips_an_index_built_concurrently_beforehand(empty_engine) -> None:
-    """docs/operations.md tells operators of a large outbox to build the webhook-lanes
-    index CONCURRENTLY before upgrading; the migration must then accept it as it is."""
+async def test_0002_and_0003_accept_what_operators_built_beforehand(
+    empty_engine,
+) -> None:
+    """docs/operations.md tells operators of a large outbox to add the column and build
+    the indexes CONCURRENTLY before upgrading; the migrations must accept them as they are."""
     await migrate.upgrade(empty_engine, "0001")
     async with empty_engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -72,6 +74,17 @@ async def test_0002_skips_an_index_built_concurrently_beforehand(empty_engine) -
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_deliveries_webhook_lanes"
                 " ON deliveries (recipient, priority, next_attempt_at)"
                 " WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')"
+            )
+        )
+        await autocommit.execute(
+            text(
+                "ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS mirrored_at timestamptz"
+            )
+        )
+        await autocommit.execute(
+            text(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_deliveries_unmirrored"
+                " ON deliveries (dead_at) WHERE status = 'dead' AND mirrored_at IS NULL"
             )
         )
     await migrate.upgrade(empty_engine)

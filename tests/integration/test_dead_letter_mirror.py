@@ -1,0 +1,135 @@
+"""The RabbitMQ mirror of dead letters catches up with the database (real PostgreSQL and
+RabbitMQ): what a crash or a broker outage kept from the mirror is published by the sweep."""
+
+import asyncio
+import json
+import uuid
+
+import aio_pika
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.outbox.store import DeadLettered
+from tests.conftest import AMQP_URL
+from tests.integration.test_outbox_store import seed
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
+
+_KILL = text(
+    """
+    UPDATE deliveries SET status = 'dead', dead_at = now() - interval '1 minute',
+           attempts = 3, last_error_class = 'provider_transient'
+    WHERE id = :id
+    """
+)
+
+
+async def _dead_letter(
+    engine: AsyncEngine, *, channel: str, recipient: str = "a@example.org"
+) -> uuid.UUID:
+    """A dead row with no mirror message: what a crash right after its commit leaves."""
+    delivery = await seed(engine, channel=channel, recipient=recipient)
+    async with engine.begin() as conn:
+        await conn.execute(_KILL, {"id": delivery})
+    return delivery
+
+
+async def _mirrored_at(engine: AsyncEngine, delivery: uuid.UUID) -> object:
+    async with engine.connect() as conn:
+        return (
+            await conn.execute(
+                text("SELECT mirrored_at FROM deliveries WHERE id = :id"),
+                {"id": delivery},
+            )
+        ).scalar_one()
+
+
+async def _drain(queue: aio_pika.abc.AbstractQueue, settle: float = 0.5) -> list[str]:
+    """Delivery ids of every message in the queue, waiting ``settle`` for stragglers."""
+    ids: list[str] = []
+    deadline = asyncio.get_running_loop().time() + settle
+    while asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        ids.append(json.loads(message.body)["delivery_id"])
+        await message.ack()
+    return ids
+
+
+async def test_the_sweep_mirrors_dead_letters_the_broker_never_got_once(
+    engine: AsyncEngine,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    names: dict[str, str],
+    cleanup_broker: None,
+) -> None:
+    email = await _dead_letter(engine, channel="email")
+    webhook = await _dead_letter(engine, channel="webhook", recipient="case-system")
+    assert await _mirrored_at(engine, email) is None
+    mirror = DeadLetterMirror(
+        AMQP_URL, names["queue_prefix"], engine, sweep_interval=0.2, grace_seconds=0
+    )
+    await mirror.start()
+    try:
+        for _ in range(100):
+            if mirror.confirmed >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # several more sweeps: nothing is published twice
+    finally:
+        await mirror.stop()
+    assert mirror.confirmed == 2
+    assert await _mirrored_at(engine, email) is not None
+    assert await _mirrored_at(engine, webhook) is not None
+    channel = await amqp.channel()
+    prefix = names["queue_prefix"]
+    email_queue = await channel.declare_queue(f"{prefix}.dlq.email", passive=True)
+    webhook_queue = await channel.declare_queue(f"{prefix}.dlq.webhook", passive=True)
+    assert await _drain(email_queue) == [str(email)]
+    assert await _drain(webhook_queue) == [str(webhook)]
+
+
+async def test_a_dead_letter_the_broker_refused_is_not_marked_and_goes_again(
+    engine: AsyncEngine,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    names: dict[str, str],
+    cleanup_broker: None,
+) -> None:
+    """The broker refuses the publish (its exchange was deleted: a real refusal, no mock):
+    the row stays unmarked, and the next replica's sweep publishes the dead letter."""
+    prefix = names["queue_prefix"]
+    first = DeadLetterMirror(
+        AMQP_URL, prefix, engine, sweep_interval=60, grace_seconds=0
+    )
+    await first.start()  # its first sweep finds nothing; the next is a minute away
+    channel = await amqp.channel()
+    try:
+        await channel.exchange_delete(f"{prefix}.dlq")
+        delivery = await _dead_letter(engine, channel="sms", recipient="+15550000001")
+        first.add(
+            [DeadLettered(delivery, uuid.uuid4(), "sms", 3, "provider_transient", None)]
+        )
+        await asyncio.sleep(0.5)
+        assert first.confirmed == 0
+    finally:
+        await first.stop()
+    assert await _mirrored_at(engine, delivery) is None
+
+    second = DeadLetterMirror(
+        AMQP_URL, prefix, engine, sweep_interval=0.2, grace_seconds=0
+    )
+    await second.start()  # declares the exchange and bindings again
+    try:
+        for _ in range(100):
+            if second.confirmed:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await second.stop()
+    assert second.confirmed == 1
+    assert await _mirrored_at(engine, delivery) is not None
+    queue = await channel.declare_queue(f"{prefix}.dlq.sms", passive=True)
+    assert await _drain(queue) == [str(delivery)]
