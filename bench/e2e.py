@@ -51,7 +51,7 @@ import aiohttp
 import asyncpg
 import yaml
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
-from proc import Proc
+from proc import Proc, ProcGroup
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.publisher import Publisher
@@ -142,7 +142,27 @@ def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def replica(kind: str, env: dict[str, str], log: Path) -> Proc:
+#: ``--split``: a dispatcher replica runs as two processes, ingest and the channel
+#: workers, so it can use both cores (docs/benchmarks.md).
+SPLIT = False
+
+
+def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
+    if kind == "dispatcher" and SPLIT:
+        module = [sys.executable, "-m", "dispatcher"]
+        return ProcGroup(
+            [
+                Proc(
+                    [*module, "serve", "--ingest-only"], env, log, "dispatcher.serving"
+                ),
+                Proc(
+                    [*module, "worker"],
+                    env,
+                    log.with_suffix(".workers.log"),
+                    "dispatcher.serving",
+                ),
+            ]
+        )
     if kind == "dispatcher":
         cmd = [sys.executable, "-m", "dispatcher", "serve"]
         return Proc(cmd, env, log, "dispatcher.serving")
@@ -286,7 +306,7 @@ async def run_scenario(
     }
     name = f"{kind}-x{replicas}" + (f"-{down}-down" if down else "")
     result: dict[str, Any] = {"scenario": name, "kind": kind, "replicas": replicas}
-    procs: list[Proc] = []
+    procs: list[Proc | ProcGroup] = []
     try:
         # Declare the topology with a real dispatcher (empty queue), and measure what an
         # idle replica of this kind spends on starting up.
@@ -364,7 +384,11 @@ async def run_scenario(
 
 
 async def latency_phase(
-    exchange: str, seconds: float, rate: float, sinks: SinkControl, procs: list[Proc]
+    exchange: str,
+    seconds: float,
+    rate: float,
+    sinks: SinkControl,
+    procs: list[Proc | ProcGroup],
 ) -> dict[str, float]:
     await sinks.post("/reset")
     total = int(rate * seconds)
@@ -526,8 +550,15 @@ def main() -> None:
         help="only the scenarios with this many replicas and every sink up",
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="run each dispatcher replica as two processes: ingest, channel workers",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    global SPLIT  # noqa: PLW0603 - a bench-wide mode, set once from the command line
+    SPLIT = args.split
     report = asyncio.run(main_async(args))
     out = (
         args.out

@@ -49,3 +49,26 @@ class Proc:
                 self.proc.kill()
                 self.proc.wait()
         self._fh.close()
+
+
+class ProcGroup:
+    """Several processes measured as one replica: CPU and RSS summed."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+        self.proc = procs[0].proc  # the one a profiler attaches to
+        self.log = procs[0].log
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        for p in self.procs:
+            p.wait_ready(timeout)
+
+    def cpu(self) -> float:
+        return sum(p.cpu() for p in self.procs)
+
+    def peak_rss_mb(self) -> float:
+        return sum(p.peak_rss_mb() for p in self.procs)
+
+    def stop(self, timeout: float = 40) -> None:
+        for p in self.procs:
+            p.stop(timeout)

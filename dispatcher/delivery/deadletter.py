@@ -104,13 +104,22 @@ class DeadLetterMirror:
                     await asyncio.wait_for(self._wakeup.wait(), next_sweep - now)
                 self._wakeup.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                await self._mirror(batch)
-            if self._stopping:
-                return
-            if time.monotonic() >= next_sweep:
-                await self._sweep()
-                next_sweep = time.monotonic() + self._sweep_interval
+            try:
+                if batch:
+                    await self._mirror(batch)
+                if self._stopping:
+                    return
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._sweep_interval
+                    await self._sweep()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
+                # What was not marked is found again by the next sweep.
+                await self._link.close(broken=True)
+                log.error(
+                    "dispatcher.delivery.dlq_mirror_bug", error_type=type(exc).__name__
+                )
+                if self._stopping:
+                    return
 
     async def _sweep(self) -> None:
         """Publish dead letters the broker never confirmed, oldest first."""
