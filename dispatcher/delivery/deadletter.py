@@ -122,32 +122,49 @@ class DeadLetterMirror:
                     return
 
     async def _sweep(self) -> None:
-        """Publish dead letters the broker never confirmed, oldest first."""
+        """Publish dead letters the broker never confirmed, oldest first.
+
+        Each batch is one transaction: its rows stay locked while they are published and
+        marked, so replicas sweeping at the same moment take different rows.
+        """
         while not self._stopping:
             try:
                 with wrap_db_errors():
-                    rows = await unmirrored(
-                        await self._link.driver(),
-                        grace_seconds=self._grace,
-                        limit=self._batch,
-                    )
+                    conn = await self._link.driver()
+                    async with conn.transaction():
+                        rows = await unmirrored(
+                            conn, grace_seconds=self._grace, limit=self._batch
+                        )
+                        if rows:
+                            log.info(
+                                "dispatcher.delivery.dlq_sweep", unmirrored=len(rows)
+                            )
+                        confirmed = await self._publish_all(rows)
+                        if confirmed:
+                            await mark_mirrored(conn, confirmed)
             except DispatcherError as exc:
+                # Published but unmarked rows go again at the next sweep: duplicates,
+                # not losses.
                 await self._link.close(broken=True)
                 log.warning(
                     "dispatcher.delivery.dlq_sweep_failed",
                     error_type=type(exc).__name__,
                 )
                 return
-            if not rows:
-                return
-            log.info("dispatcher.delivery.dlq_sweep", unmirrored=len(rows))
-            if await self._mirror(rows) < len(rows) or len(rows) < self._batch:
-                return  # the broker refused some: try again at the next sweep
+            self.confirmed += len(confirmed)
+            if len(confirmed) < len(rows) or len(rows) < self._batch:
+                return  # none left, or the broker refused some: the next sweep retries
 
-    async def _mirror(self, rows: Sequence[DeadLettered]) -> int:
-        """Publish, then mark what the broker confirmed; how many it confirmed."""
+    async def _mirror(self, rows: Sequence[DeadLettered]) -> None:
+        """Publish freshly dead-lettered rows, then mark what the broker confirmed."""
+        confirmed = await self._publish_all(rows)
+        if confirmed:
+            await self._mark(confirmed)
+        self.confirmed += len(confirmed)
+
+    async def _publish_all(self, rows: Sequence[DeadLettered]) -> list[UUID]:
+        """Publish concurrently; the ids the broker confirmed."""
         results = await asyncio.gather(*(self._publish(row) for row in rows))
-        confirmed = [row.id for row, ok in zip(rows, results, strict=True) if ok]
         failed = [row.id for row, ok in zip(rows, results, strict=True) if not ok]
         if failed:
             log.warning(
@@ -155,10 +172,7 @@ class DeadLetterMirror:
                 failed=len(failed),
                 first_delivery_id=str(failed[0]),
             )
-        if confirmed:
-            await self._mark(confirmed)
-        self.confirmed += len(confirmed)
-        return len(confirmed)
+        return [row.id for row, ok in zip(rows, results, strict=True) if ok]
 
     async def _mark(self, ids: list[UUID]) -> None:
         try:

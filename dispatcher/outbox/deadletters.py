@@ -7,6 +7,8 @@ from uuid import UUID
 from dispatcher.outbox.store import DeadLettered, Executor
 
 #: Oldest first. ``grace`` leaves the recorder's own publish of a fresh dead letter alone.
+#: Run inside the sweep's transaction, the row locks keep other replicas' sweeps off these
+#: rows until they are published and marked (SKIP LOCKED: those take the next ones).
 _UNMIRRORED = """
     SELECT id, event_id, channel, attempts, last_error_class, last_error_message
     FROM deliveries
@@ -14,6 +16,7 @@ _UNMIRRORED = """
       AND dead_at <= now() - make_interval(secs => $1)
     ORDER BY dead_at
     LIMIT $2
+    FOR UPDATE SKIP LOCKED
 """
 
 #: Only rows still dead: one replayed meanwhile is not marked for its old death.

@@ -133,3 +133,61 @@ async def test_a_dead_letter_the_broker_refused_is_not_marked_and_goes_again(
     assert await _mirrored_at(engine, delivery) is not None
     queue = await channel.declare_queue(f"{prefix}.dlq.sms", passive=True)
     assert await _drain(queue) == [str(delivery)]
+
+
+_MANY_DEAD = text(
+    """
+    WITH e AS (
+        INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id,
+                            payload, digest, delivery_count)
+        SELECT gen_random_uuid(), 1, 'crisis.detected', 'high', now(), 'subject-1',
+               '{}'::jsonb, '\\x00', 1
+        FROM generate_series(1, :n)
+        RETURNING id
+    )
+    INSERT INTO deliveries (id, event_id, channel, recipient, priority, status, attempts,
+                            dead_at, last_error_class)
+    SELECT gen_random_uuid(), id, 'email', 'a@example.org', 1, 'dead', 3,
+           now() - interval '1 minute', 'provider_transient'
+    FROM e
+    """
+)
+
+
+async def test_replicas_sweeping_at_once_mirror_each_dead_letter_once(
+    engine: AsyncEngine,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    names: dict[str, str],
+    cleanup_broker: None,
+) -> None:
+    """Two replicas start together and both sweep at once: the sweep's row locks keep them
+    on different rows, so no dead letter is mirrored twice."""
+    async with engine.begin() as conn:
+        await conn.execute(_MANY_DEAD, {"n": 400})
+    mirrors = [
+        DeadLetterMirror(
+            AMQP_URL, names["queue_prefix"], engine, sweep_interval=0.2, grace_seconds=0
+        )
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(m.start() for m in mirrors))
+    try:
+        for _ in range(200):
+            if sum(m.confirmed for m in mirrors) >= 400:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # more sweeps by both
+    finally:
+        await asyncio.gather(*(m.stop() for m in mirrors))
+    assert sum(m.confirmed for m in mirrors) == 400
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(
+        f"{names['queue_prefix']}.dlq.email", passive=True
+    )
+    ids = await _drain(queue, settle=1.0)
+    assert len(ids) == len(set(ids)) == 400
+    async with engine.connect() as conn:
+        left = await conn.execute(
+            text("SELECT count(*) FROM deliveries WHERE mirrored_at IS NULL")
+        )
+        assert left.scalar_one() == 0
