@@ -47,16 +47,18 @@ async def _mirrored_at(engine: AsyncEngine, delivery: uuid.UUID) -> object:
 
 
 async def _drain(queue: aio_pika.abc.AbstractQueue, settle: float = 0.5) -> list[str]:
-    """Delivery ids of every message in the queue, waiting ``settle`` for stragglers."""
+    """Delivery ids of every message in the queue, until none came for ``settle`` s."""
     ids: list[str] = []
-    deadline = asyncio.get_running_loop().time() + settle
-    while asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while loop.time() - quiet_since < settle:
         message = await queue.get(fail=False)
         if message is None:
             await asyncio.sleep(0.05)
             continue
         ids.append(json.loads(message.body)["delivery_id"])
         await message.ack()
+        quiet_since = loop.time()
     return ids
 
 
