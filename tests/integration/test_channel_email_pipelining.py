@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import structlog
 import trustme
 import uvloop
 
-from dispatcher.channels.base import OutboundMessage
 from dispatcher.channels.email import SmtpChannel, SmtpProvider
 from dispatcher.channels.templates import EmailTemplate
 from dispatcher.errors import (
@@ -25,15 +24,7 @@ from dispatcher.errors import (
     TransientDeliveryError,
 )
 from dispatcher.sinks.smtp import SmtpSink
-from dispatcher.testing import make_message
-
-CANARY = "canary-pii-7d2e@example.org"
-
-MakeChannel = Callable[..., SmtpChannel]
-
-
-def _message(**overrides: Any) -> OutboundMessage:
-    return make_message(**{"recipient": CANARY, **overrides})
+from tests.integration.test_channel_email import CANARY, MakeChannel, _message
 
 
 def _channel(

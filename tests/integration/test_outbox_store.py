@@ -221,7 +221,7 @@ async def test_concurrent_webhook_claims_never_share_a_row(engine: AsyncEngine) 
     assert sorted(claimed) == sorted(ids)
 
 
-_BACKLOG = text(
+_MANY = text(
     """
     WITH e AS (
         INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id,
@@ -232,10 +232,18 @@ _BACKLOG = text(
         RETURNING id
     )
     INSERT INTO deliveries (id, event_id, channel, recipient, priority, next_attempt_at)
-    SELECT gen_random_uuid(), id, 'webhook', :recipient, 3, now() - interval '1 minute'
+    SELECT gen_random_uuid(), id, :channel, :recipient, 3, now() - interval '1 minute'
     FROM e
     """
 )
+
+
+async def seed_many(
+    engine: AsyncEngine, n: int, *, recipient: str, channel: str = "webhook"
+) -> None:
+    """``n`` events with one due low-severity delivery each, in one statement."""
+    async with engine.begin() as conn:
+        await conn.execute(_MANY, {"n": n, "channel": channel, "recipient": recipient})
 
 
 async def _claim_buffers(engine: AsyncEngine, **kwargs) -> tuple[int, int]:
@@ -290,16 +298,14 @@ async def test_a_blocked_endpoints_backlog_costs_a_webhook_claim_nothing(
     which would grow with the backlog if its rows were read and filtered out."""
     for n in range(5):
         await seed(engine, channel="webhook", recipient="healthy", due_in=-n)
-    async with engine.begin() as conn:
-        await conn.execute(_BACKLOG, {"n": 200, "recipient": "down"})
-        await conn.execute(_BACKLOG, {"n": 200, "recipient": "full"})
+    await seed_many(engine, 200, recipient="down")
+    await seed_many(engine, 200, recipient="full")
     small, leased = await _claim_buffers(
         engine, blocked=["down"], busy_recipients=["full"], busy_counts=[8]
     )
     assert leased == 5  # only the healthy endpoint's rows
-    async with engine.begin() as conn:
-        await conn.execute(_BACKLOG, {"n": 20_000, "recipient": "down"})
-        await conn.execute(_BACKLOG, {"n": 20_000, "recipient": "full"})
+    await seed_many(engine, 20_000, recipient="down")
+    await seed_many(engine, 20_000, recipient="full")
     large, leased = await _claim_buffers(
         engine, blocked=["down"], busy_recipients=["full"], busy_counts=[8]
     )
