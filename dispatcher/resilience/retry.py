@@ -17,9 +17,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# 2.0**1024 raises OverflowError, while 1023 doublings take any base_delay above 1e-299
-# past the longest allowed max_delay.
-_MAX_EXPONENT = 1023
+from dispatcher.resilience.backoff import ceiling
+
 # Longer durations are configuration mistakes; the bound also keeps every RetryAt.at
 # within datetime's range.
 _LONGEST = 10 * 365 * 86400.0
@@ -121,11 +120,7 @@ def decide(
         return DeadLetter(DeadLetterReason.PERMANENT_ERROR)
     if attempts >= policy.max_attempts:
         return DeadLetter(DeadLetterReason.MAX_ATTEMPTS)
-    ceiling = min(
-        policy.max_delay,
-        policy.base_delay * 2.0 ** min(attempts - 1, _MAX_EXPONENT),
-    )
-    delay = rand() * ceiling
+    delay = rand() * ceiling(policy.base_delay, policy.max_delay, attempts)
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, policy.retry_after_cap))
     # Compared in seconds rather than as datetimes, so that a large max_age cannot push
