@@ -19,9 +19,7 @@ from uuid import UUID
 from dispatcher.db.models import AuditKind
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
-
-#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
-OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
+from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
 
 class Executor(Protocol):

@@ -15,6 +15,9 @@ from uuid import UUID
 
 from dispatcher.db.models import DeliveryStatus
 
+#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
+OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
+
 
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """``:name`` parameters to asyncpg's ``$n`` (``::type`` casts are left alone)."""

@@ -11,7 +11,8 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from dispatcher.ingest.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.resilience.backoff import Backoff
 
 log = structlog.get_logger("dispatcher.outbox")
 
@@ -55,14 +56,15 @@ class Waker:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, self._reconnect_max)
         while True:
             conn: asyncpg.Connection | None = None
+            lost = "closed"
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=5)
                 await conn.add_listener(OUTBOX_NOTIFY_CHANNEL, self._notified)
                 self.connected.set()
-                delay = 0.5
+                backoff.reset()
                 for event in self._events.values():
                     event.set()  # catch up on anything committed while we were not listening
                 while not conn.is_closed():
@@ -76,14 +78,15 @@ class Waker:
                 asyncpg.PostgresError,
                 asyncpg.InterfaceError,
             ) as exc:
-                self.connected.clear()
-                log.warning(
-                    "dispatcher.outbox.listen_lost",
-                    error_type=type(exc).__name__,
-                    retry_in=delay,
-                )
+                lost = type(exc).__name__
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=2)
+            self.connected.clear()
+            delay = backoff.next_delay()
+            log.warning(
+                "dispatcher.outbox.listen_lost",
+                error_type=lost,
+                retry_in=round(delay, 3),
+            )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max)
