@@ -16,7 +16,6 @@ from dispatcher.channels.email import EmailChannelConfig
 from dispatcher.channels.sms import SmsChannelConfig
 from dispatcher.channels.webhook import WebhookChannel
 from dispatcher.db.engine import create_engine
-from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.delivery.deadletter import DeadLetterMirror
 from dispatcher.delivery.providers import (
     Candidate,
@@ -32,6 +31,7 @@ from dispatcher.ingest.acker import AckableMessage, Acker
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import IngestConsumer, IngestRouter
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.settings import Settings
 
 log = structlog.get_logger("dispatcher")

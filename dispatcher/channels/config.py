@@ -22,7 +22,7 @@ from yarl import URL
 from dispatcher.channels import signing, ssrf
 from dispatcher.channels.email import EmailChannelConfig
 from dispatcher.channels.sms import SmsChannelConfig
-from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 

@@ -23,9 +23,9 @@ from dispatcher.channels import classify, mime, smtppipe
 from dispatcher.channels.base import OutboundMessage, SendReceipt
 from dispatcher.channels.smtppool import SmtpPool
 from dispatcher.channels.templates import EmailTemplate, RenderedEmail, render_email
-from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.events.schema import ENDPOINT_NAME_PATTERN
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 ProviderName = Annotated[str, StringConstraints(pattern=ENDPOINT_NAME_PATTERN)]
 _QUEUE_ID = re.compile(r"queued as (\S+)", re.IGNORECASE)

@@ -28,9 +28,9 @@ from twilio.rest import Client
 from dispatcher.channels import classify
 from dispatcher.channels.base import OutboundMessage, SendReceipt
 from dispatcher.channels.templates import DEFAULT_SMS, check_template, render_sms
-from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.events.schema import E164_PATTERN, ENDPOINT_NAME_PATTERN
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 # twilio logs every request's URL and headers at INFO through the logger it is given;
 # ours stays at WARNING so no account SID or header reaches the logs.

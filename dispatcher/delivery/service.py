@@ -15,7 +15,6 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.models import AuditKind
-from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.delivery.deadletter import DeadLetterMirror
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
@@ -23,6 +22,7 @@ from dispatcher.delivery.worker import ChannelWorker
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.waker import Waker
 from dispatcher.resilience.breaker import BreakerState
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 log = structlog.get_logger("dispatcher.delivery")
 

@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
-from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.outbox.store import Claimed, claim
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 log = structlog.get_logger("dispatcher.delivery")
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher.channels.config import ChannelsConfig, WebhookChannelConfig
-from dispatcher.delivery.config import ChannelDelivery
+from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 URL = "https://monitor.example.org/hook"

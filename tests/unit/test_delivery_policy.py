@@ -5,10 +5,10 @@ from pydantic import ValidationError
 
 from dispatcher.app import build_providers
 from dispatcher.channels.email import EmailChannelConfig
-from dispatcher.delivery.config import CRITICAL_RETRY, ChannelDelivery
 from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.resilience.breaker import BreakerState
+from dispatcher.resilience.delivery_policy import CRITICAL_RETRY, ChannelDelivery
 from dispatcher.resilience.retry import RetryPolicy
 
 
