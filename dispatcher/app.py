@@ -16,7 +16,8 @@ from dispatcher.channels.email import EmailChannelConfig
 from dispatcher.channels.sms import SmsChannelConfig
 from dispatcher.channels.webhook import WebhookChannel
 from dispatcher.db.engine import create_engine
-from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.delivery.breaker_audit import BreakerAudit
+from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.delivery.providers import (
     Candidate,
     EndpointProviders,
@@ -24,7 +25,8 @@ from dispatcher.delivery.providers import (
     Providers,
 )
 from dispatcher.delivery.recorder import Recorder
-from dispatcher.delivery.service import BreakerAudit, DeliveryService, replica_id
+from dispatcher.delivery.replica import replica_id
+from dispatcher.delivery.service import DeliveryService
 from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.ingest.acker import AckableMessage, Acker

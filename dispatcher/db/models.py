@@ -166,7 +166,7 @@ class Delivery(Base):
             ),
         ),
         Index(None, "status", "updated_at"),
-        # Dead letters the RabbitMQ mirror has not confirmed yet (delivery/deadletter.py).
+        # Dead letters the RabbitMQ mirror has not confirmed yet (delivery/mirror.py).
         Index(
             "ix_deliveries_unmirrored",
             "dead_at",

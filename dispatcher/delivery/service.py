@@ -6,60 +6,20 @@ nothing about SMTP, Twilio or HTTP.
 """
 
 import asyncio
-import os
-import socket
-import uuid
 from collections.abc import Mapping
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.models import AuditKind
-from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.worker import ChannelWorker
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.waker import Waker
-from dispatcher.resilience.breaker import BreakerState
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 log = structlog.get_logger("dispatcher.delivery")
-
-
-def replica_id() -> str:
-    """Names this process in leases and breaker audit entries: host, pid and a nonce."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-class BreakerAudit:
-    """The transition hook of every breaker: one log line and one audit entry per change."""
-
-    def __init__(self, recorder: Recorder, owner: str, channel: ChannelKind) -> None:
-        self._recorder = recorder
-        self._owner = owner
-        self._channel = channel
-
-    def __call__(
-        self, name: str, old: BreakerState, new: BreakerState, reason: str
-    ) -> None:
-        log.warning(
-            "dispatcher.breaker.transition",
-            channel=self._channel.value,
-            provider=name,
-            old=old.value,
-            new=new.value,
-            reason=str(reason),
-        )
-        self._recorder.note(
-            AuditKind.BREAKER_TRANSITION,
-            owner=self._owner,
-            channel=self._channel.value,
-            provider=name,
-            old=old.value,
-            new=new.value,
-            reason=str(reason),
-        )
 
 
 class DeliveryService:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.delivery.deadletter import DeadLetterMirror
+from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.outbox.store import DeadLettered
 from tests.conftest import AMQP_URL
 from tests.integration.test_outbox_store import seed, seed_many

@@ -27,7 +27,7 @@ from dispatcher import topology
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind
-from dispatcher.outbox.deadletters import mark_mirrored, unmirrored
+from dispatcher.outbox.mirror import mark_mirrored, unmirrored
 from dispatcher.outbox.store import DeadLettered
 
 log = structlog.get_logger("dispatcher.delivery")
