@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -60,6 +61,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> NoReturn:
     _refuse(RejectReason.NON_FINITE_NUMBER, f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 would be stored as null: the event would change
+        _refuse(RejectReason.NON_FINITE_NUMBER, "a number is too large for a double")
+    return value
 
 
 def _check_tree(value: Any, depth: int, strings: bool) -> None:
@@ -124,7 +132,7 @@ def parse_event(
 
 # Built once: json.loads and json.dumps with options build a new decoder or encoder per call.
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite
 )
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

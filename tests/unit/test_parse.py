@@ -120,6 +120,26 @@ MALFORMED: list[tuple[str, bytes, RejectReason]] = [
         RejectReason.NON_FINITE_NUMBER,
     ),
     (
+        "number-too-large",
+        _with_raw("data", '{"big": 1e400}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "negative-number-too-large",
+        _with_raw("data", '{"big": [-1.5E+309]}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "number-too-large-without-exponent",
+        _with_raw("data", '{"big": 1' + "0" * 400 + ".5}"),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "number-too-large-outside-data",
+        _with_raw("subject", '{"id": "p-1", "score": 2e308}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
         "duplicate-keys",
         _with_raw("data", '{"a": 1, "a": 2}'),
         RejectReason.DUPLICATE_KEY,
@@ -167,6 +187,19 @@ def test_rejection_message_never_repeats_the_value() -> None:
     )
     assert isinstance(outcome, Rejection)
     assert address not in outcome.message
+
+
+def test_accepted_numbers_are_stored_unchanged() -> None:
+    """Numbers at the edges of a double, and integers beyond it, are stored as sent."""
+    data = {
+        "largest": 1.7976931348623157e308,
+        "smallest": 5e-324,
+        "negative": -1.7976931348623157e308,
+        "integer": 10**30,
+    }
+    outcome = parse_event(event_bytes(data=data), max_bytes=LIMIT)
+    assert isinstance(outcome, ParsedEvent)
+    assert json.loads(outcome.canonical)["data"] == data
 
 
 def _padded_to(size: int) -> bytes:
