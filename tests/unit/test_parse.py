@@ -202,6 +202,38 @@ def test_accepted_numbers_are_stored_unchanged() -> None:
     assert json.loads(outcome.canonical)["data"] == data
 
 
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("top", "top level: key 9 of 9"),
+        ("recipient", "recipients.0: key 2 of 3"),
+    ],
+)
+def test_unknown_key_is_located_by_position_not_name(where: str, expected: str) -> None:
+    """An unknown key is reported by its position: the publisher's key name (which may be
+    personal data) never appears in the message."""
+    key = f"canary-pii-{uuid.uuid4()}@example.org"
+    if where == "top":
+        body = event_bytes(**{key: 1})
+    else:
+        recipient = {"channel": "email", key: "x", "to": "team@example.org"}
+        body = event_bytes(recipients=[recipient])
+    outcome = parse_event(body, max_bytes=LIMIT)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is RejectReason.UNKNOWN_FIELD
+    assert key not in outcome.message
+    assert outcome.message.startswith(expected), outcome.message
+
+
+def test_invalid_event_id_message_quotes_no_character() -> None:
+    """pydantic quotes the offending character of a bad UUID; the message drops it."""
+    outcome = parse_event(event_bytes(event_id="\u03a9-not-a-uuid"), max_bytes=LIMIT)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is RejectReason.INVALID_EVENT_ID
+    assert "\u03a9" not in outcome.message
+    assert "`" not in outcome.message
+
+
 def _padded_to(size: int) -> bytes:
     body = event_bytes(data={"pad": ""})
     pad = size - len(body)
