@@ -6,18 +6,32 @@ never the value. Nothing else in the package reads ``os.environ``.
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from yarl import URL
 
 from dispatcher.channels.config import ChannelsConfig
 from dispatcher.errors import ConfigError
@@ -81,6 +95,121 @@ def _lookup(match: re.Match[str]) -> str:
         ) from None
 
 
+class _UnreadableVariable(ValueError):
+    """An environment variable that should hold JSON and does not (carries its name only)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name.upper()
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment, where a value that is not the JSON its setting needs names its
+    variable (pydantic-settings names only the top-level field, and never the variable)."""
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(
+                field_name, field, value, value_is_complex
+            )
+        except _UnreadableVariable:
+            raise
+        except ValueError:
+            raise _UnreadableVariable(self.env_prefix + field_name) from None
+
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        try:
+            return super().explode_env_vars(field_name, field, env_vars)
+        except ValueError:
+            for name, value in env_vars.items():  # find the culprit, one at a time
+                try:
+                    super().explode_env_vars(field_name, field, {name: value})
+                except ValueError:
+                    raise _UnreadableVariable(name) from None
+            raise
+
+
+_CREDENTIALS_HINT = (
+    "percent-encode any '@', ':', '/', '?' and '#' in the user name and password"
+)
+_MAX_PORT: Final = 65535
+_PORT_RANGE: Final = f"the port must be between 1 and {_MAX_PORT}"
+# A host name (IDNA or not), an IPv4 address or an IPv6 address without brackets.
+_HOST: Final = re.compile(r"[\w.:-]+")
+#: Query parameters of ``database_url`` passed on to asyncpg, and their allowed values.
+_DATABASE_QUERY: Final[Mapping[str, frozenset[str]]] = {
+    "ssl": frozenset(
+        {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+    ),
+    "target_session_attrs": frozenset(
+        {"any", "primary", "standby", "prefer-standby", "read-write", "read-only"}
+    ),
+}
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with the shape of a database URL, or None; never repeats any of it."""
+    try:
+        parsed = make_url(url)
+        port = parsed.port
+    except (ArgumentError, ValueError, TypeError):
+        return f"not a valid URL ({_CREDENTIALS_HINT})"
+    if parsed.drivername != "postgresql+asyncpg":
+        return "must start with postgresql+asyncpg://"
+    if parsed.host is not None and not _HOST.fullmatch(parsed.host):
+        return f"the host is not a host name or address ({_CREDENTIALS_HINT})"
+    if port is not None and not 0 < port <= _MAX_PORT:
+        return _PORT_RANGE
+    for key, values in parsed.query.items():
+        allowed = _DATABASE_QUERY.get(key)
+        if allowed is None:
+            return "unsupported query parameter; allowed: " + ", ".join(_DATABASE_QUERY)
+        if not ({values} if isinstance(values, str) else set(values)) <= allowed:
+            return f"{key} must be one of: {', '.join(sorted(allowed))}"
+    return None
+
+
+def _amqp_url_problem(url: str) -> str | None:
+    """What is wrong with the shape of an AMQP URL, or None; never repeats any of it.
+
+    Checked before anything connects: aio-pika retries a URL without a host forever, and
+    a bare word would be taken for a virtual host of the default broker.
+    """
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except (ValueError, TypeError):
+        return f"not a valid URL ({_CREDENTIALS_HINT})"
+    if parsed.scheme not in {"amqp", "amqps"}:
+        return "must start with amqp:// or amqps://"
+    if not parsed.raw_host:
+        return "must name the broker's host"
+    if not _HOST.fullmatch(parsed.raw_host):
+        return "the host is not a host name or address"
+    # An unencoded '/', '?' or '#' in a password moves the rest of the userinfo into the
+    # path, query or fragment; the virtual host is one path segment ('/' is %2F).
+    if (
+        parsed.raw_fragment
+        or parsed.raw_path.count("/") > 1
+        or "@" in parsed.raw_path
+        or "@" in parsed.raw_query_string
+    ):
+        return f"not a valid AMQP URL (the virtual host is one segment; {_CREDENTIALS_HINT})"
+    if port is not None and not 0 < port <= _MAX_PORT:
+        return _PORT_RANGE
+    return None
+
+
+def _valid(problem: str | None, value: SecretStr) -> SecretStr:
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class Settings(BaseSettings):
     """Everything the dispatcher can be told; see docs/configuration.md."""
 
@@ -108,18 +237,28 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        return _valid(_database_url_problem(value.get_secret_value()), value)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
+        return _valid(_amqp_url_problem(value.get_secret_value()), value)
+
     @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced by _EnvSource
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files: environment only
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
+            _EnvSource(settings_cls),
             InterpolatedYamlSource(settings_cls),
             file_secret_settings,
         )
@@ -138,7 +277,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     cls: type[Settings] = Settings
     if config_file is not None:
         if not config_file.is_file():
-            raise ConfigError(f"configuration file not found: {config_file}")
+            raise ConfigError(f"{_CONFIG_FILE}: not found: {config_file}")
         cls = type(
             "Settings",
             (Settings,),
@@ -150,19 +289,49 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(describe_validation_error(exc)) from None
     except ConfigError:
         raise
-    except (
-        OSError,
-        ValueError,
-        yaml.YAMLError,
-    ) as exc:  # unreadable or unparsable YAML
-        raise ConfigError(f"cannot read configuration: {type(exc).__name__}") from None
+    except SettingsError as exc:
+        if isinstance(exc.__cause__, _UnreadableVariable):
+            name = exc.__cause__.name
+            key = name.removeprefix("DISPATCHER_").lower().replace("__", ".")
+            raise ConfigError(
+                f"invalid configuration: {key} ({name}): not valid JSON"
+            ) from None
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{_CONFIG_FILE}: not valid YAML{where}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable, not a mapping
+        raise ConfigError(
+            f"{_CONFIG_FILE}: cannot be read as a YAML mapping ({type(exc).__name__})"
+        ) from None
+
+
+_CONFIG_FILE = "configuration file (--config, DISPATCHER_CONFIG)"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per invalid key, with pydantic's message but never the input value."""
-    lines = []
+    """One entry per invalid key with the variable that sets it, never the input value."""
+    lines: list[str] = []
     for err in exc.errors(include_input=False, include_url=False):
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        env = "DISPATCHER_" + "__".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"{key} ({env}): {err['msg']}")
+        # pydantic adds a step per union member, e.g. "lax-or-strict[...]": not a key
+        loc = [p for p in err["loc"] if isinstance(p, int) or _KEY_PART.fullmatch(p)]
+        key = ".".join(str(p) for p in loc) or "<root>"
+        message = err["msg"].removeprefix("Value error, ")
+        line = f"{key} ({_variable(loc)}): {message}"
+        if line not in lines:
+            lines.append(line)
     return "invalid configuration: " + "; ".join(lines)
+
+
+_KEY_PART: Final = re.compile(r"[\w.-]+")
+
+
+def _variable(loc: Sequence[int | str]) -> str:
+    """The environment variable that sets ``loc``: a list is set as a whole, in JSON."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            break
+        parts.append(part)
+    return "DISPATCHER_" + "__".join(parts).upper()

@@ -5,6 +5,7 @@ credentials, port and IP literal (the errors name the key, never the URL or a se
 answers change (``channels/ssrf.py``).
 """
 
+from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Final, Self
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -107,7 +109,6 @@ class WebhookChannelConfig(ChannelDelivery):
     """
 
     enabled: bool = True
-    endpoints: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     allow_private_networks: list[IPv4Network | IPv6Network] = Field(
         default_factory=list
     )
@@ -115,6 +116,8 @@ class WebhookChannelConfig(ChannelDelivery):
     allowed_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=list
     )
+    # After the policy fields: its validator reads them.
+    endpoints: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     concurrency: int = Field(default=32, ge=1, le=1024)
     max_inflight_per_recipient: int | None = Field(default=8, ge=1)
     deadline_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -122,18 +125,34 @@ class WebhookChannelConfig(ChannelDelivery):
     max_response_bytes: int = Field(default=65_536, ge=0, le=1_048_576)
     ca_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _check_endpoints(self) -> Self:
-        if self.deadline_seconds >= self.lease_seconds:
-            raise ValueError("deadline_seconds must be shorter than lease_seconds")
-        policy = self.destination_policy()
-        for name, endpoint in self.endpoints.items():
+    @field_validator("endpoints")
+    @classmethod
+    def _check_urls(
+        cls, endpoints: dict[str, WebhookEndpoint], info: ValidationInfo
+    ) -> dict[str, WebhookEndpoint]:
+        # A field validator, so that the error's location is channels.webhook.endpoints.
+        try:
+            policy = _policy(
+                info.data["allow_http"],
+                info.data["allowed_ports"],
+                info.data["allow_private_networks"],
+            )
+        except KeyError:  # an invalid policy field is reported on its own
+            return endpoints
+        for name, endpoint in endpoints.items():
             try:
                 refusal = ssrf.url_refusal(URL(endpoint.url), policy)
             except ValueError:
                 refusal = "not a valid URL"
             if refusal is not None:
                 raise ValueError(f"endpoints.{name}.url: {refusal}")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _check_endpoints(self) -> Self:
+        if self.deadline_seconds >= self.lease_seconds:
+            raise ValueError("deadline_seconds must be shorter than lease_seconds")
+        for name, endpoint in self.endpoints.items():
             if (
                 endpoint.timeout is not None
                 and endpoint.timeout > self.deadline_seconds
@@ -142,11 +161,19 @@ class WebhookChannelConfig(ChannelDelivery):
         return self
 
     def destination_policy(self) -> ssrf.DestinationPolicy:
-        return ssrf.DestinationPolicy(
-            allow_http=self.allow_http,
-            allowed_ports=frozenset(self.allowed_ports),
-            allow_private_networks=tuple(self.allow_private_networks),
-        )
+        return _policy(self.allow_http, self.allowed_ports, self.allow_private_networks)
+
+
+def _policy(
+    allow_http: bool,
+    allowed_ports: Iterable[int],
+    allow_private_networks: Iterable[IPv4Network | IPv6Network],
+) -> ssrf.DestinationPolicy:
+    return ssrf.DestinationPolicy(
+        allow_http=allow_http,
+        allowed_ports=frozenset(allowed_ports),
+        allow_private_networks=tuple(allow_private_networks),
+    )
 
 
 class ChannelsConfig(BaseModel):

@@ -4,8 +4,10 @@ Two checks, because aiohttp consults its resolver only for host *names*:
 
 - ``url_refusal`` checks the URL itself (scheme, credentials, port) and an IP-literal host
   in every spelling that ``getaddrinfo`` accepts (``2130706433``, ``0x7f000001``,
-  ``0177.0.0.1``, ``127.1``, ``0``, IPv6, IPv4-mapped IPv6). It runs at configuration
-  load and again before every attempt.
+  ``0177.0.0.1``, ``127.1``, ``0``, a trailing dot, IPv6, IPv4-mapped IPv6), refuses hosts
+  no resolver should be asked about (percent-encoded, IPv6 zone ids, empty labels, a
+  numeric last label) and ``localhost`` names. It runs at configuration load and again
+  before every attempt.
 - ``GuardedResolver`` resolves a name, refuses the whole answer if *any* A/AAAA record is
   not allowed, and hands the connector only the addresses it validated. The connector
   connects to exactly those (no DNS cache), while the ``Host`` header and SNI keep the
@@ -16,6 +18,7 @@ Refusals are values (a short reason with no host or address in it) until the edg
 ``classify.forbidden_destination`` turns them into a permanent delivery error.
 """
 
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +44,8 @@ Network = IPv4Network | IPv6Network
 _IPV4_COMPATIBLE: Final = ip_network("::/96")
 # NAT64 prefixes (RFC 6052, RFC 8215): a gateway would forward to the embedded IPv4.
 _NAT64: Final = (ip_network("64:ff9b::/96"), ip_network("64:ff9b:1::/48"))
+_LOOPBACK: Final = IPv4Address("127.0.0.1")
+_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,14 +123,35 @@ def url_refusal(url: URL, policy: DestinationPolicy) -> str | None:
         return "URL must name a host"
     if policy.allowed_ports and url.port not in policy.allowed_ports:
         return "URL port is not allowed"
-    literal = parse_ip_literal(host)
+    if "%" in host:
+        # Percent-encoding (%31%32%37.0.0.1) or an IPv6 zone id: the resolver would get
+        # the text as it is, so what it means is never checked here.
+        return "URL host must not contain '%' (percent-encoding or an IPv6 zone id)"
+    # One trailing dot is the DNS root: 127.0.0.1. and localhost. are what they spell.
+    literal = parse_ip_literal(host.removesuffix("."))
     if literal is None:
-        return None
+        return _name_refusal(host.removesuffix("."), policy)
     refusal = address_refusal(literal, policy)
     if refusal is None and isinstance(literal, IPv4Address) and host != str(literal):
         # aiohttp refuses legacy spellings itself; say so plainly at config load.
-        return "IPv4 address must be written in dotted-quad form"
+        return (
+            "IPv4 address must be written in dotted-quad form, without a trailing dot"
+        )
     return refusal
+
+
+def _name_refusal(name: str, policy: DestinationPolicy) -> str | None:
+    """Why a host that is not an IP literal may not be used, before any lookup."""
+    labels = name.lower().split(".")
+    if "" in labels:
+        return "URL host is not a valid host name"
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        # A name ending in a number is an IPv4 address to URL parsers (WHATWG), and no
+        # top-level domain is numeric: this one is neither, so it cannot be reached.
+        return "URL host is neither an IP address nor a host name"
+    if labels[-1] == "localhost":  # RFC 6761 6.3: always loopback, whatever DNS says
+        return address_refusal(_LOOPBACK, policy)
+    return None
 
 
 def _kind(address: IPAddress) -> str:

@@ -4,11 +4,13 @@ import sys
 import traceback
 
 from dispatcher.cli.commands import app, state
+from dispatcher.errors import ConfigError
 
 
 def main() -> None:
     """Entry point. Typer reports usage errors itself (exit 2); every other error prints one
-    line with its chain of causes and exits 1, with the traceback only under ``-v``."""
+    line with its chain of causes and exits 1 (2 for invalid configuration, which is a
+    usage error too), with the traceback only under ``-v``."""
     try:
         app()
     except KeyboardInterrupt:
@@ -17,7 +19,7 @@ def main() -> None:
         if state.verbose:
             traceback.print_exc()
         print(f"error: {describe(exc)}", file=sys.stderr)  # noqa: T201
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 def describe(exc: BaseException) -> str:

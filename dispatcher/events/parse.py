@@ -2,7 +2,9 @@
 
 import hashlib
 import json
-from collections.abc import Collection
+import math
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -10,7 +12,7 @@ from pydantic import ValidationError
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.events.rejection import Rejection, RejectReason
-from dispatcher.events.schema import SCHEMA_VERSION, EventV1
+from dispatcher.events.schema import SCHEMA_VERSION, EventV1, Recipient
 
 #: Nesting allowed in the envelope; ``data`` gets this minus one.
 MAX_DEPTH = 32
@@ -62,6 +64,13 @@ def _no_constants(name: str) -> NoReturn:
     _refuse(RejectReason.NON_FINITE_NUMBER, f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 would be stored as null: the event would change
+        _refuse(RejectReason.NON_FINITE_NUMBER, "a number is too large for a double")
+    return value
+
+
 def _check_tree(value: Any, depth: int, strings: bool) -> None:
     """Depth limit always; NUL and lone surrogates only when the text had escapes."""
     if depth > MAX_DEPTH:
@@ -87,8 +96,10 @@ def _check_string(text: str) -> None:
         _refuse(RejectReason.LONE_SURROGATE, "a string contains a lone surrogate")
 
 
-def _from_validation_error(exc: ValidationError) -> Rejection:
+def _from_validation_error(exc: ValidationError, obj: dict[str, Any]) -> Rejection:
     err = exc.errors(include_input=False, include_url=False)[0]
+    if err["type"] == "extra_forbidden":
+        return Rejection(RejectReason.UNKNOWN_FIELD, _unexpected_key(err["loc"], obj))
     loc = ".".join(str(p) for p in err["loc"])
     field = str(err["loc"][0]) if err["loc"] else ""
     reason = _ERROR_TYPE_REASONS.get(err["type"])
@@ -96,7 +107,33 @@ def _from_validation_error(exc: ValidationError) -> Rejection:
         reason = RejectReason.UNKNOWN_CHANNEL
     if reason is None:
         reason = _FIELD_REASONS.get(field, RejectReason.INVALID_FIELD)
-    return Rejection(reason, f"{loc}: {err['msg']}" if loc else err["msg"])
+    message = _INPUT_FRAGMENT.sub(" at", err["msg"])
+    return Rejection(reason, f"{loc}: {message}" if loc else message)
+
+
+# pydantic quotes a character of the input in some messages ("found `x` at 3").
+_INPUT_FRAGMENT = re.compile(r": found `[^`]*` at")
+_ALLOWED_KEYS = {
+    (): ", ".join(EventV1.model_fields),
+    ("recipients",): ", ".join(Recipient.model_fields),
+}
+
+
+def _unexpected_key(loc: Sequence[int | str], obj: dict[str, Any]) -> str:
+    """Where an unknown key is, by position: key names come from the publisher and may
+    carry personal data, so the message never repeats one."""
+    *path, key = loc
+    where = ".".join(str(p) for p in path) or "top level"
+    allowed = _ALLOWED_KEYS.get(tuple(p for p in path if isinstance(p, str)), "")
+    try:
+        container: Any = obj
+        for part in path:
+            container = container[part]
+        keys = list(container)
+        position = f"key {keys.index(key) + 1} of {len(keys)}"
+    except (KeyError, IndexError, TypeError, ValueError):
+        position = "a key"
+    return f"{where}: {position} is not a field of the contract (fields: {allowed})"
 
 
 def parse_event(
@@ -124,7 +161,7 @@ def parse_event(
 
 # Built once: json.loads and json.dumps with options build a new decoder or encoder per call.
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite
 )
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -181,7 +218,7 @@ def _parse(body: bytes, max_bytes: int, endpoints: Collection[str]) -> ParsedEve
     try:
         event = EventV1.model_validate(obj)
     except ValidationError as exc:
-        rejection = _from_validation_error(exc)
+        rejection = _from_validation_error(exc, obj)
         raise _Refused(rejection.reason, rejection.message) from None
     for recipient in event.recipients:
         if recipient.channel is ChannelKind.WEBHOOK and recipient.to not in endpoints:

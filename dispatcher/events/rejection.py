@@ -17,7 +17,8 @@ class RejectReason(StrEnum):
     NOT_JSON = "not_json"
     #: An object has the same key twice.
     DUPLICATE_KEY = "duplicate_key"
-    #: ``NaN``, ``Infinity`` or ``-Infinity``, which JSON does not allow.
+    #: ``NaN``, ``Infinity`` or ``-Infinity``, which JSON does not allow, or a number too
+    #: large for a double (``1e400``), which would be stored as ``null``.
     NON_FINITE_NUMBER = "non_finite_number"
     #: A string holds ``\\u0000``, which PostgreSQL ``jsonb`` cannot store.
     NUL_CHARACTER = "nul_character"

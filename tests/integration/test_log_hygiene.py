@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 import structlog
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from dispatcher.app import IngestService
@@ -78,3 +79,48 @@ async def test_canary_pii_never_reaches_the_logs(
     ), "logging must be captured"
     for canary in (email, phone, note):
         assert canary not in text
+
+
+async def test_unknown_key_names_are_stored_nowhere_but_the_body(
+    engine, database, make_settings, caplog
+) -> None:
+    """Unknown keys whose names carry canary PII are rejected as unknown_field: the names
+    appear in no stored reason or message, no audit detail and no log record."""
+    top = f"canary-pii-{uuid.uuid4()}@example.org"
+    nested = f"canary-pii-{uuid.uuid4()}"
+    messages = [
+        event_bytes(**{top: 1}),
+        event_bytes(recipients=[{"channel": "sms", "to": "+15551230000", nested: 1}]),
+    ]
+    settings = make_settings(database, channels=WEBHOOKS)
+    configure_logging("debug")
+    root = logging.getLogger()
+    root.addHandler(caplog.handler)
+    structlog.configure(cache_logger_on_first_use=False)
+    with capture_logs() as logs:
+        service = IngestService(settings, engine)
+        await service.start()
+        try:
+            await publish(settings, [(m, "crisis.detected") for m in messages])
+            await wait_for(engine, "SELECT count(*) FROM rejected_messages", 2)
+            await wait_for(
+                engine,
+                "SELECT count(*) FROM audit_log WHERE kind = 'message.rejected'",
+                2,
+            )
+        finally:
+            await service.stop()
+            root.removeHandler(caplog.handler)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT reason, message FROM rejected_messages"))
+        ).all()
+        audit = (await conn.execute(text("SELECT detail::text FROM audit_log"))).all()
+    assert sorted(r.reason for r in rows) == ["unknown_field", "unknown_field"]
+    stored = repr(rows) + repr(audit)
+    text_logs = repr(logs) + "\n".join(
+        r.getMessage() + repr(r.__dict__) for r in caplog.records
+    )
+    for canary in (top, nested):
+        assert canary not in stored
+        assert canary not in text_logs

@@ -57,7 +57,7 @@ def test_missing_file_is_a_usage_error() -> None:
 
 
 def test_invalid_config_names_key_not_secret_value() -> None:
-    """Invalid configuration fails with exit 1, naming the key and never the secret."""
+    """Invalid configuration fails with exit 2, naming the key and never the secret."""
     secret = "s3cr3t-canary-value"
     result = run(
         "check",
@@ -66,7 +66,7 @@ def test_invalid_config_names_key_not_secret_value() -> None:
             "DISPATCHER_AMQP_URL": f"amqp://u:{secret}@h/",
         },
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "ingest.prefetch" in result.stderr
     assert "DISPATCHER_INGEST__PREFETCH" in result.stderr
     assert secret not in result.stderr
@@ -74,10 +74,11 @@ def test_invalid_config_names_key_not_secret_value() -> None:
 
 
 def test_missing_config_file_is_one_line_error(tmp_path: Path) -> None:
-    """A --config file that does not exist is reported in one line, exit 1."""
+    """A --config file that does not exist is reported in one line, exit 2."""
     result = run("--config", str(tmp_path / "missing.yaml"), "check")
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith("error: configuration file not found")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: configuration file (--config")
+    assert "not found" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -120,6 +120,26 @@ MALFORMED: list[tuple[str, bytes, RejectReason]] = [
         RejectReason.NON_FINITE_NUMBER,
     ),
     (
+        "number-too-large",
+        _with_raw("data", '{"big": 1e400}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "negative-number-too-large",
+        _with_raw("data", '{"big": [-1.5E+309]}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "number-too-large-without-exponent",
+        _with_raw("data", '{"big": 1' + "0" * 400 + ".5}"),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
+        "number-too-large-outside-data",
+        _with_raw("subject", '{"id": "p-1", "score": 2e308}'),
+        RejectReason.NON_FINITE_NUMBER,
+    ),
+    (
         "duplicate-keys",
         _with_raw("data", '{"a": 1, "a": 2}'),
         RejectReason.DUPLICATE_KEY,
@@ -167,6 +187,51 @@ def test_rejection_message_never_repeats_the_value() -> None:
     )
     assert isinstance(outcome, Rejection)
     assert address not in outcome.message
+
+
+def test_accepted_numbers_are_stored_unchanged() -> None:
+    """Numbers at the edges of a double, and integers beyond it, are stored as sent."""
+    data = {
+        "largest": 1.7976931348623157e308,
+        "smallest": 5e-324,
+        "negative": -1.7976931348623157e308,
+        "integer": 10**30,
+    }
+    outcome = parse_event(event_bytes(data=data), max_bytes=LIMIT)
+    assert isinstance(outcome, ParsedEvent)
+    assert json.loads(outcome.canonical)["data"] == data
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("top", "top level: key 9 of 9"),
+        ("recipient", "recipients.0: key 2 of 3"),
+    ],
+)
+def test_unknown_key_is_located_by_position_not_name(where: str, expected: str) -> None:
+    """An unknown key is reported by its position: the publisher's key name (which may be
+    personal data) never appears in the message."""
+    key = f"canary-pii-{uuid.uuid4()}@example.org"
+    if where == "top":
+        body = event_bytes(**{key: 1})
+    else:
+        recipient = {"channel": "email", key: "x", "to": "team@example.org"}
+        body = event_bytes(recipients=[recipient])
+    outcome = parse_event(body, max_bytes=LIMIT)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is RejectReason.UNKNOWN_FIELD
+    assert key not in outcome.message
+    assert outcome.message.startswith(expected), outcome.message
+
+
+def test_invalid_event_id_message_quotes_no_character() -> None:
+    """pydantic quotes the offending character of a bad UUID; the message drops it."""
+    outcome = parse_event(event_bytes(event_id="\u03a9-not-a-uuid"), max_bytes=LIMIT)
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason is RejectReason.INVALID_EVENT_ID
+    assert "\u03a9" not in outcome.message
+    assert "`" not in outcome.message
 
 
 def _padded_to(size: int) -> bytes:

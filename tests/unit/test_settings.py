@@ -98,7 +98,7 @@ def test_unparsable_yaml_is_a_config_error(tmp_path: Path) -> None:
     """A YAML syntax error is a ConfigError, not a traceback."""
     config = tmp_path / "config.yaml"
     config.write_text("routing: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot read configuration"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 2"):
         load_settings(config)
 
 
@@ -138,3 +138,52 @@ def test_yaml_refers_to_secrets_in_the_environment(
     monkeypatch.delenv("TEST_TWILIO_TOKEN")
     with pytest.raises(ConfigError, match=r"\$\{TEST_TWILIO_TOKEN\}, which is not set"):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DISPATCHER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        ("DISPATCHER_AMQP_URL", "amqps://u:p%2Fq%23r%3Fs%40t@rabbit.example.org/%2F"),
+        ("DISPATCHER_AMQP_URL", "amqp://rabbit/prod?heartbeat=30&name=dispatcher"),
+        ("DISPATCHER_AMQP_URL", "amqp://[::1]:5672/v"),
+        ("DISPATCHER_AMQP_URL", "amqp://localhost"),
+        ("DISPATCHER_DATABASE_URL", "postgresql+asyncpg://u:p@127.0.0.1:5432/db"),
+        ("DISPATCHER_DATABASE_URL", "postgresql+asyncpg://u:p/q#r?s@db.example.org/d"),
+        (
+            "DISPATCHER_DATABASE_URL",
+            "postgresql+asyncpg://u:p%40q@[::1]/db?ssl=require",
+        ),
+        ("DISPATCHER_DATABASE_URL", "postgresql+asyncpg:///dispatcher"),
+        (
+            "DISPATCHER_DATABASE_URL",
+            "postgresql+asyncpg://u@pg/db?ssl=verify-full&target_session_attrs=primary",
+        ),
+    ],
+)
+def test_well_formed_urls_are_accepted(
+    variable: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URL shape checks accept what the drivers accept: encoded credentials, a vhost,
+    query options, IPv6, a database on the local socket."""
+    monkeypatch.setenv(variable, url)
+    settings = load_settings()
+    field = (
+        settings.amqp_url
+        if variable == "DISPATCHER_AMQP_URL"
+        else settings.database_url
+    )
+    assert field.get_secret_value() == url
+
+
+def test_unreadable_nested_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken JSON in a nested variable names that variable, and valid siblings still load."""
+    monkeypatch.setenv("DISPATCHER_CHANNELS__WEBHOOK__ALLOW_HTTP", "true")
+    monkeypatch.setenv("DISPATCHER_CHANNELS__WEBHOOK__ALLOWED_PORTS", f"[443, {SECRET}")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "(DISPATCHER_CHANNELS__WEBHOOK__ALLOWED_PORTS)" in message
+    assert SECRET not in message
+    monkeypatch.setenv("DISPATCHER_CHANNELS__WEBHOOK__ALLOWED_PORTS", "[443]")
+    assert load_settings().channels.webhook.allowed_ports == [443]

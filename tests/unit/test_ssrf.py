@@ -28,7 +28,7 @@ SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 #: (url template, refused already when the configuration loads)
 FORBIDDEN = [
     ("http://127.0.0.1:{port}/", True),
-    ("http://localhost:{port}/", False),
+    ("http://localhost:{port}/", True),
     ("http://2130706433:{port}/", True),
     ("http://0x7f000001:{port}/", True),
     ("http://0177.0.0.1:{port}/", True),
@@ -44,6 +44,36 @@ FORBIDDEN = [
     ("http://user:pw@example.com/", True),
     ("ftp://example.com/hook", True),
     ("file:///etc/passwd", True),
+    # Spellings that used to pass configuration loading and then fail at send time as
+    # transient DNS errors, retried until the policy was spent (issue 16, item 6).
+    ("http://127.0.0.1.:{port}/", True),
+    ("http://localhost.:{port}/", True),
+    ("http://%31%32%37.0.0.1:{port}/", True),
+    # ... and their neighbours
+    ("http://%31%32%37%2E0%2E0%2E1:{port}/", True),
+    ("http://127%2e0%2e0%2e1:{port}/", True),
+    ("http://local%68ost:{port}/", True),
+    ("http://LocalHost.:{port}/", True),
+    ("http://hooks.localhost:{port}/", True),
+    ("http://2130706433.:{port}/", True),
+    ("http://0x7f.1:{port}/", True),
+    ("http://0X7F.0.0.1.:{port}/", True),
+    ("http://127.1.:{port}/", True),
+    ("http://127.0.0.01:{port}/", True),
+    ("http://127.0.0.1..:{port}/", True),
+    ("http://.127.0.0.1:{port}/", True),
+    ("http://127.0.0.1.5:{port}/", True),
+    ("http://hooks.0x7f:{port}/", True),
+    ("http://[::1%25lo]:{port}/", True),
+    ("http://[fe80::1%25eth0]:{port}/", True),
+    ("http://[::ffff:7f00:1]:{port}/", True),
+    ("http://[0:0:0:0:0:0:0:1]:{port}/", True),
+    ("http://[::]:{port}/", True),
+    ("http://[64:ff9b::7f00:1]:{port}/", True),
+    # IDNA mapping (UTS 46) turns these into plain loopback spellings
+    ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/", True),
+    ("http://127\u30020\u30020\u30021:{port}/", True),
+    ("http://\u24dbocalhost:{port}/", True),
 ]
 
 
@@ -314,11 +344,39 @@ def test_address_policy(address: str, allowed: bool) -> None:
             True,
         ),
         ("https://user@example.com/", ssrf.DestinationPolicy(), False),
+        ("https://hooks.example.com./", ssrf.DestinationPolicy(), True),
+        ("https://b\u00fccher.example/", ssrf.DestinationPolicy(), True),
+        ("https://8.8.8.8/", ssrf.DestinationPolicy(), True),
+        ("https://8.8.8.8./", ssrf.DestinationPolicy(), False),
+        ("https://[2606:4700:4700::1111]/", ssrf.DestinationPolicy(), True),
+        ("https://[2606:4700:4700::1111%25eth0]/", ssrf.DestinationPolicy(), False),
+        (
+            "http://localhost./",
+            ssrf.DestinationPolicy(
+                allow_http=True, allow_private_networks=(ip_network("127.0.0.0/8"),)
+            ),
+            True,
+        ),
     ],
-    ids=["https", "http-off", "http-on", "port-off", "port-on", "userinfo"],
+    ids=[
+        "https",
+        "http-off",
+        "http-on",
+        "port-off",
+        "port-on",
+        "userinfo",
+        "fqdn-trailing-dot",
+        "idn",
+        "public-ipv4",
+        "public-ipv4-trailing-dot",
+        "public-ipv6",
+        "public-ipv6-zone-id",
+        "localhost-allowlisted",
+    ],
 )
 def test_url_policy(url: str, policy: ssrf.DestinationPolicy, allowed: bool) -> None:
-    """Scheme, credentials and port are checked from the URL alone."""
+    """Scheme, credentials, port and host spelling are checked from the URL alone; names
+    (with or without the root's trailing dot) are left to the resolver's check."""
     assert (ssrf.url_refusal(URL(url), policy) is None) is allowed
 
 
