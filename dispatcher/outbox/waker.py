@@ -18,12 +18,17 @@ log = structlog.get_logger("dispatcher.outbox")
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
-    """The same database URL in the form asyncpg accepts."""
-    return (
-        make_url(sqlalchemy_url)
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False)
-    )
+    """The same database URL in the form asyncpg accepts.
+
+    SQLAlchemy's asyncpg dialect reads ``?ssl=require`` as the ``ssl`` argument, while
+    asyncpg's own DSN parser knows it as ``sslmode`` and would send ``ssl`` to the
+    server as a setting, which the server refuses.
+    """
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    query = dict(url.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
 
 
 class Waker:

@@ -71,3 +71,15 @@ async def test_waker_listens_again_after_its_connection_dies(database: str) -> N
         await asyncio.wait_for(email.wait(), 10)
     finally:
         await waker.stop()
+
+
+def test_asyncpg_dsn_speaks_asyncpg_for_tls() -> None:
+    """``?ssl=require`` (SQLAlchemy's spelling) reaches asyncpg as ``sslmode``, so the
+    LISTEN connection can use TLS like the pool does."""
+    dsn = asyncpg_dsn(
+        "postgresql+asyncpg://u:p@db.example:5432/d?ssl=require&target_session_attrs=primary"
+    )
+    assert dsn.startswith("postgresql://u:p@db.example:5432/d?")
+    assert "sslmode=require" in dsn
+    assert "target_session_attrs=primary" in dsn
+    assert "ssl=" not in dsn.replace("sslmode=", "")
