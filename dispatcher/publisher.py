@@ -21,6 +21,7 @@ from aio_pika.exceptions import (
 from pamqp.commands import Basic
 
 from dispatcher.errors import PublishError
+from dispatcher.resilience.backoff import Backoff
 
 
 class Publisher:
@@ -100,9 +101,9 @@ class Publisher:
             message_id=message_id,
             headers=dict(headers or {}),
         )
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         last: BaseException | None = None
-        for _ in range(self._attempts):
+        for attempt in range(1, self._attempts + 1):
             try:
                 confirm = await self._exchange.publish(
                     message, routing_key, mandatory=True, timeout=self._confirm_timeout
@@ -117,8 +118,8 @@ class Publisher:
                 if isinstance(confirm, Basic.Ack):
                     return
                 last = PublishError(f"broker answered {type(confirm).__name__}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            if attempt < self._attempts:
+                await backoff.wait()
         raise PublishError(
             f"not confirmed after {self._attempts} attempts: {type(last).__name__}"
         ) from last
