@@ -1,4 +1,8 @@
-"""Group commit of delivery outcomes: every attempt and state change, batched per transaction."""
+"""Group commit of delivery outcomes: every attempt and state change, batched per transaction.
+
+Log lines about an outcome (dead letter, retry, discarded) are written once it is
+committed: only then are they true.
+"""
 
 import asyncio
 import json
@@ -8,8 +12,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.models import DeliveryStatus
 from dispatcher.errors import StorageConflict, StorageUnavailable
-from dispatcher.outbox.store import AuditNote, DeadLettered, Outcome, complete
+from dispatcher.outbox.store import Applied, AuditNote, DeadLettered, Outcome, complete
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -66,25 +71,29 @@ class Recorder:
 
     async def _write(
         self, outcomes: list[Outcome], notes: list[AuditNote]
-    ) -> list[DeadLettered]:
+    ) -> list[tuple[Outcome, Applied | None]]:
         """One transaction for the batch; if PostgreSQL refuses it, one per outcome.
 
-        A refused outcome is dropped and logged by id: its lease expires and the delivery is
+        Returns each committed outcome with what it applied (None: fenced off). A refused
+        outcome is dropped and logged by id: its lease expires and the delivery is
         attempted again, which is the safe direction.
         """
         try:
             with wrap_db_errors():
-                return await complete(await self._link.driver(), outcomes, notes)
+                applied = await complete(await self._link.driver(), outcomes, notes)
         except StorageUnavailable:
             await self._link.close(broken=True)
             raise
         except StorageConflict:
             if len(outcomes) + len(notes) <= 1:
                 raise
-        dead: list[DeadLettered] = []
+        else:
+            done = {(a.delivery_id, a.lease_token): a for a in applied}
+            return [(o, done.get((o.delivery_id, o.lease_token))) for o in outcomes]
+        results: list[tuple[Outcome, Applied | None]] = []
         for outcome in outcomes:
             try:
-                dead += await self._write([outcome], [])
+                results += await self._write([outcome], [])
             except StorageConflict:
                 log.error(
                     "dispatcher.delivery.record_refused",
@@ -95,7 +104,7 @@ class Recorder:
                 await self._write([], [note])
             except StorageConflict:
                 log.error("dispatcher.delivery.note_refused", kind=note.kind)
-        return dead
+        return results
 
     async def _run(self) -> None:
         try:
@@ -122,7 +131,7 @@ class Recorder:
             )
             notes, self._notes = self._notes, []
             try:
-                dead = await self._write(outcomes, notes)
+                results = await self._write(outcomes, notes)
             except StorageUnavailable as exc:
                 # Keep them: the leases still protect the rows, and expire if we never get back.
                 log.warning(
@@ -139,6 +148,41 @@ class Recorder:
                 log.error("dispatcher.delivery.record_refused", dropped=len(outcomes))
                 continue
             delay = 0.1
-            if dead and self._on_dead is not None:
-                # Hands over and returns: the mirror publishes in its own task.
-                self._on_dead(dead)
+            self._report(results)
+
+    def _report(self, results: list[tuple[Outcome, Applied | None]]) -> None:
+        """Log what was committed, and hand dead letters to the mirror."""
+        dead: list[DeadLettered] = []
+        for outcome, applied in results:
+            if applied is None:
+                # The lease expired and another claim took the delivery over: whatever
+                # this attempt found out, the newer claim decides the row.
+                log.warning(
+                    "dispatcher.delivery.outcome_fenced",
+                    delivery_id=str(outcome.delivery_id),
+                    discarded=outcome.status.value,
+                    reason="lease_lost",
+                )
+            elif applied.status is DeliveryStatus.DEAD:
+                dead.append(applied.dead_letter())
+                log.warning(
+                    "dispatcher.delivery.dead_lettered",
+                    delivery_id=str(applied.delivery_id),
+                    event_id=str(applied.event_id),
+                    channel=applied.channel,
+                    error_class=applied.error_class,
+                    reason=applied.dead_reason,
+                    attempts=applied.attempts,
+                )
+            elif applied.status is DeliveryStatus.PENDING and not outcome.refund:
+                log.info(
+                    "dispatcher.delivery.retry_scheduled",
+                    delivery_id=str(applied.delivery_id),
+                    event_id=str(applied.event_id),
+                    channel=applied.channel,
+                    error_class=applied.error_class,
+                    attempts=applied.attempts,
+                )
+        if dead and self._on_dead is not None:
+            # Hands over and returns: the mirror publishes in its own task.
+            self._on_dead(dead)

@@ -15,7 +15,6 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
-from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.config import ChannelDelivery
 from dispatcher.delivery.providers import Providers
@@ -242,9 +241,6 @@ class ChannelWorker:
             )
 
     async def _attempt(self, row: Claimed) -> None:
-        message_log = log.bind(
-            delivery_id=str(row.id), event_id=str(row.event_id), channel=self.kind.value
-        )
         outcome = await attempt(
             row,
             self._providers.candidates(row.recipient),
@@ -253,17 +249,6 @@ class ChannelWorker:
             open_until=self._providers.all_open_until,
             rand=self._rand,
         )
-        if outcome.status is DeliveryStatus.DEAD:
-            message_log.warning(
-                "dispatcher.delivery.dead_lettered",
-                error_class=outcome.error_class,
-                reason=outcome.dead_reason,
-                attempts=row.attempts,
-            )
-        elif outcome.status is DeliveryStatus.PENDING and not outcome.refund:
-            message_log.info(
-                "dispatcher.delivery.retry_scheduled",
-                error_class=outcome.error_class,
-                attempts=row.attempts,
-            )
+        # Logged by the recorder once committed: a claim whose lease ran out may
+        # not change the row any more.
         self._recorder.add(outcome)

@@ -153,8 +153,8 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
             updated_at = now()
         FROM r
         WHERE d.id = r.id AND d.lease_token = r.token
-        RETURNING d.id, d.event_id, d.channel, d.status, d.attempts, d.last_error_class,
-                  d.last_error_message, r.dead_reason
+        RETURNING d.id, r.token, d.event_id, d.channel, d.status, d.attempts,
+                  d.last_error_class, d.last_error_message, r.dead_reason
     ), attempts AS (
         INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at, finished_at,
                                        outcome, error_class, error_message, provider_code,
@@ -174,8 +174,8 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
         SELECT x.kind, NULL, NULL, x.detail::jsonb
         FROM unnest(CAST(:x_kinds AS text[]), CAST(:x_details AS text[])) AS x(kind, detail)
     )
-    SELECT id, event_id, channel, status, attempts, last_error_class, last_error_message,
-           dead_reason
+    SELECT id, token, event_id, channel, status, attempts, last_error_class,
+           last_error_message, dead_reason
     FROM applied
     """
 )
@@ -229,6 +229,32 @@ class Outcome:
     attempts: tuple[AttemptRecord, ...] = ()
     #: Why it was dead-lettered (``DeadLetterReason``), for the audit entry.
     dead_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An outcome that passed the fence, and the delivery's state after it."""
+
+    delivery_id: UUID
+    lease_token: UUID
+    event_id: UUID
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    error_class: str | None
+    error_message: str | None
+    dead_reason: str | None
+
+    def dead_letter(self) -> "DeadLettered":
+        return DeadLettered(
+            self.delivery_id,
+            self.event_id,
+            self.channel,
+            self.attempts,
+            self.error_class,
+            self.error_message,
+            self.dead_reason,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,10 +338,12 @@ async def claim(
 
 async def complete(
     conn: Executor, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
-) -> list[DeadLettered]:
+) -> list[Applied]:
     """Apply outcomes (fenced by lease token), record every attempt, audit dead letters.
 
-    One statement: outside a transaction it is its own, all or nothing.
+    Returns the outcomes that passed the fence; one missing from it was discarded (its
+    lease had been taken over). One statement: outside a transaction it is its own, all
+    or nothing.
     """
     attempts = [(o.delivery_id, a) for o in outcomes for a in o.attempts]
     params: dict[str, Any] = {
@@ -343,15 +371,16 @@ async def complete(
     }
     rows = await conn.fetch(_COMPLETE, *(params[name] for name in _COMPLETE_PARAMS))
     return [
-        DeadLettered(
+        Applied(
             r["id"],
+            r["token"],
             r["event_id"],
             r["channel"],
+            DeliveryStatus(r["status"]),
             r["attempts"],
             r["last_error_class"],
             r["last_error_message"],
             r["dead_reason"],
         )
         for r in rows
-        if r["status"] == DeliveryStatus.DEAD
     ]

@@ -419,10 +419,12 @@ async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
         ),
     ]
     note = AuditNote("breaker.transition", json.dumps({"provider": "primary"}))
-    dead_letters = await complete_now(engine, outcomes, [note])
-    assert [(d.id, d.reason, d.error_class) for d in dead_letters] == [
-        (dead, "permanent_error", "provider_permanent")
-    ]
+    applied = await complete_now(engine, outcomes, [note])
+    assert {a.delivery_id for a in applied} == {retried, dead, deferred}
+    assert [
+        (d.id, d.reason, d.error_class)
+        for d in (a.dead_letter() for a in applied if a.status == "dead")
+    ] == [(dead, "permanent_error", "provider_permanent")]
     r = await row(engine, retried)
     assert (r.status, r.attempts, r.last_error_class) == ("pending", 1, "timeout")
     assert abs((r.next_attempt_at - later).total_seconds()) < 0.01
