@@ -1,9 +1,11 @@
-"""Leases and their fence: the truthful log of an outcome that lost its lease."""
+"""Leases and their fence: the attempt budget of claims that never came back, and the
+truthful log of an outcome that lost its lease."""
 
 import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -14,10 +16,12 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.outbox.store import AttemptRecord, Outcome, claim, complete
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import (
     Stack,
     email_channel,
     event_to,
+    webhook_channel,
 )
 
 pytestmark = [
@@ -27,6 +31,7 @@ pytestmark = [
 ]
 
 TEAM = ("email", "crisis-team@example.org")
+MONITOR = ("webhook", "safety-monitor")
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30):
@@ -35,6 +40,44 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_claims_whose_outcome_never_came_back_use_up_the_attempt_budget(
+    engine: AsyncEngine,
+    make_settings: Callable[..., Settings],
+    database: str,
+    webhook_sink: WebhookSink,
+) -> None:
+    """A delivery whose leases all ran out unrecorded is dead-lettered, not sent again."""
+    max_attempts = 3
+    retry = {"max_attempts": max_attempts, "base_delay": 0.05, "max_delay": 0.1}
+    config = {
+        "webhook": webhook_channel(webhook_sink.url, ["safety-monitor"], retry=retry)
+    }
+    settings = make_settings(database, channels=config)
+    async with Stack(settings, engine, deliver=False) as ingest:
+        (event_id,) = await ingest.publish(event_to(MONITOR))
+        await ingest.wait_for(lambda rows: len(rows) == 1, event_ids=[event_id])
+    # A replica that claimed it max_attempts times and never recorded an outcome (its
+    # sends may all have reached the endpoint).
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        for _ in range(max_attempts):
+            # Claimed again as soon as the previous lease has run out.
+            leased: list[Any] = []
+            while not leased:
+                leased = (
+                    await claim(
+                        driver, "webhook", limit=1, lease_seconds=0.05, owner="stuck"
+                    )
+                ).rows
+    async with Stack(settings, engine) as s:
+        (row,) = await s.wait_final([event_id], count=1)
+        dead = await s.audit("delivery.dead_lettered")
+    assert webhook_sink.requests() == []
+    assert (row.status, row.attempts) == ("dead", max_attempts + 1)
+    assert [d.detail["reason"] for d in dead] == ["max_attempts"]
 
 
 async def test_a_worker_that_lost_its_lease_logs_a_fenced_outcome_not_a_dead_letter(
