@@ -7,6 +7,7 @@ wait for a free slot.
 """
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -110,6 +111,9 @@ class ChannelWorker:
     async def _claim_loop(self) -> None:
         delay = self._settings.poll_interval
         while not self._stopping:
+            if self._recorder.stalled():
+                await self._hold_claims()
+                continue
             try:
                 claimed, full = await self._fill()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
@@ -132,6 +136,23 @@ class ChannelWorker:
                     continue
                 self._short_of_slots = True
             await self._wait()
+
+    async def _hold_claims(self) -> None:
+        """Claim nothing while this replica's outcomes are not being recorded.
+
+        Its sends would pile up unrecorded, and every lease that ran out under one would
+        be claimed and sent again (docs/delivery.md, "Duplicates").
+        """
+        log.warning(
+            "dispatcher.delivery.claims_paused",
+            channel=self.kind.value,
+            unrecorded=self._recorder.waiting,
+        )
+        while self._recorder.stalled() and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await self._recorder.progressed()
+        log.info("dispatcher.delivery.claims_resumed", channel=self.kind.value)
 
     async def _wait(self) -> None:
         """Until a notification, enough freed slots, or the sweep's interval."""
@@ -251,4 +272,4 @@ class ChannelWorker:
         )
         # Logged by the recorder once committed: a claim whose lease ran out may
         # not change the row any more.
-        self._recorder.add(outcome)
+        self._recorder.add(outcome, lease_seconds=self._settings.lease_seconds)

@@ -180,6 +180,30 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
     """
 )
 
+#: Extend the leases still held by these claims, skipping rows another statement has
+#: locked (a claim taking an expired lease, or a recording statement still running): it
+#: never waits, so it works while the recorder's own statement hangs. By token, like
+#: every outcome, so it never extends somebody else's lease.
+_RENEW, _RENEW_PARAMS = _positional(
+    """
+    WITH r AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
+                             CAST(:leases AS float8[])) AS r(id, token, lease)
+    ), held AS (
+        SELECT d.id, r.lease FROM deliveries AS d JOIN r ON d.id = r.id
+        WHERE d.lease_token = r.token AND d.status = 'in_flight'
+        FOR UPDATE OF d SKIP LOCKED
+    )
+    UPDATE deliveries AS d
+    SET next_attempt_at = greatest(d.next_attempt_at,
+                                   now() + make_interval(secs => h.lease)),
+        updated_at = now()
+    FROM held AS h
+    WHERE d.id = h.id
+    RETURNING d.id
+    """
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -384,3 +408,21 @@ async def complete(
         )
         for r in rows
     ]
+
+
+async def renew(
+    conn: Executor, leases: Sequence[tuple[UUID, UUID, float]]
+) -> set[UUID]:
+    """Extend leases ``(delivery id, lease token, seconds)`` still held; the renewed ids.
+
+    For outcomes that wait to be recorded: the attempt is over, but until its outcome is
+    committed the row must not look abandoned. A lease is only ever lengthened, and one
+    whose row is locked right now is skipped (try again later).
+    """
+    params = {
+        "ids": [d for d, _, _ in leases],
+        "tokens": [t for _, t, _ in leases],
+        "leases": [s for _, _, s in leases],
+    }
+    rows = await conn.fetch(_RENEW, *(params[name] for name in _RENEW_PARAMS))
+    return {r["id"] for r in rows}

@@ -20,6 +20,7 @@ from dispatcher.outbox.store import (
     Outcome,
     claim,
     complete,
+    renew,
 )
 from dispatcher.testing import make_event
 
@@ -385,6 +386,39 @@ async def test_expired_lease_is_claimed_again_and_late_result_is_fenced_off(
         ).all()
     # The late holder's try really happened, so it is on record; it just cannot set the status.
     assert [tuple(a) for a in attempts] == [(1, "failed"), (2, "delivered")]
+
+
+async def test_renewal_lengthens_only_leases_still_held_and_never_waits_for_a_lock(
+    engine: AsyncEngine,
+) -> None:
+    """``renew`` extends the leases its tokens still hold, leaves a lease another claim
+    took over alone, and skips a row locked elsewhere instead of waiting for it."""
+    mine, taken, locked = await seed(engine), await seed(engine), await seed(engine)
+    claims = {c.id: c for c in await claim_now(engine, limit=3, owner="slow")}
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE deliveries SET next_attempt_at = now() WHERE id = :id"),
+            {"id": taken},
+        )
+    (other,) = await claim_now(engine, owner="other")
+    assert other.id == taken
+    before = {i: (await row(engine, i)).next_attempt_at for i in (taken, locked)}
+    leases = [(i, claims[i].lease_token, 3600.0) for i in (mine, taken, locked)]
+    async with engine.connect() as holder, engine.connect() as conn:
+        await holder.execute(
+            text("SELECT 1 FROM deliveries WHERE id = :id FOR UPDATE"), {"id": locked}
+        )
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with asyncio.timeout(5):
+            renewed = await renew(driver, leases)
+        await holder.rollback()
+    assert renewed == {mine}
+    stored = await row(engine, mine)
+    assert stored.next_attempt_at > datetime.now(UTC) + timedelta(seconds=3000)
+    assert stored.lease_token == claims[mine].lease_token
+    for i in (taken, locked):
+        assert (await row(engine, i)).next_attempt_at == before[i]
 
 
 async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
