@@ -22,7 +22,12 @@ from dispatcher.errors import (
 )
 from dispatcher.events.kinds import Severity
 from dispatcher.outbox.store import AttemptRecord, Claimed, Outcome
-from dispatcher.resilience.retry import DeadLetter, RetryPolicy, decide
+from dispatcher.resilience.retry import (
+    DeadLetter,
+    DeadLetterReason,
+    RetryPolicy,
+    decide,
+)
 
 from .providers import Candidate
 
@@ -47,6 +52,18 @@ async def attempt(
     refuse the same message. Each provider try has its own deadline, so a hanging primary
     cannot use up the secondary's time.
     """
+    policy = policy_for(_severity(row))
+    if row.attempts > policy.max_attempts:
+        # Every claim counts, also one whose lease ran out before its outcome was
+        # recorded: once those have spent the budget, sending again would let a stuck
+        # path multiply sends without bound.
+        return Outcome(
+            row.id,
+            row.lease_token,
+            DeliveryStatus.DEAD,
+            error_message="max_attempts spent before this claim (claims never recorded count)",
+            dead_reason=DeadLetterReason.MAX_ATTEMPTS.value,
+        )
     message = outbound(row)
     records: list[AttemptRecord] = []
     last: DeliveryError | None = None
@@ -89,7 +106,7 @@ async def attempt(
     if last is None:
         return _deferred(row, open_until())
     decision = decide(
-        policy_for(_severity(row)),
+        policy,
         attempts=row.attempts,
         created_at=row.created_at,
         now=datetime.now(UTC),

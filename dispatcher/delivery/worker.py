@@ -7,6 +7,7 @@ wait for a free slot.
 """
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +16,6 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
-from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
@@ -111,6 +111,9 @@ class ChannelWorker:
     async def _claim_loop(self) -> None:
         delay = self._settings.poll_interval
         while not self._stopping:
+            if self._recorder.stalled():
+                await self._hold_claims()
+                continue
             try:
                 claimed, full = await self._fill()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
@@ -133,6 +136,23 @@ class ChannelWorker:
                     continue
                 self._short_of_slots = True
             await self._wait()
+
+    async def _hold_claims(self) -> None:
+        """Claim nothing while this replica's outcomes are not being recorded.
+
+        Its sends would pile up unrecorded, and every lease that ran out under one would
+        be claimed and sent again (docs/delivery.md, "Duplicates").
+        """
+        log.warning(
+            "dispatcher.delivery.claims_paused",
+            channel=self.kind.value,
+            unrecorded=self._recorder.waiting,
+        )
+        while self._recorder.stalled() and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await self._recorder.progressed()
+        log.info("dispatcher.delivery.claims_resumed", channel=self.kind.value)
 
     async def _wait(self) -> None:
         """Until a notification, enough freed slots, or the sweep's interval."""
@@ -242,9 +262,6 @@ class ChannelWorker:
             )
 
     async def _attempt(self, row: Claimed) -> None:
-        message_log = log.bind(
-            delivery_id=str(row.id), event_id=str(row.event_id), channel=self.kind.value
-        )
         outcome = await attempt(
             row,
             self._providers.candidates(row.recipient),
@@ -253,17 +270,6 @@ class ChannelWorker:
             open_until=self._providers.all_open_until,
             rand=self._rand,
         )
-        if outcome.status is DeliveryStatus.DEAD:
-            message_log.warning(
-                "dispatcher.delivery.dead_lettered",
-                error_class=outcome.error_class,
-                reason=outcome.dead_reason,
-                attempts=row.attempts,
-            )
-        elif outcome.status is DeliveryStatus.PENDING and not outcome.refund:
-            message_log.info(
-                "dispatcher.delivery.retry_scheduled",
-                error_class=outcome.error_class,
-                attempts=row.attempts,
-            )
-        self._recorder.add(outcome)
+        # Logged by the recorder once committed: a claim whose lease ran out may
+        # not change the row any more.
+        self._recorder.add(outcome, lease_seconds=self._settings.lease_seconds)

@@ -156,8 +156,8 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
             updated_at = now()
         FROM r
         WHERE d.id = r.id AND d.lease_token = r.token
-        RETURNING d.id, d.event_id, d.channel, d.status, d.attempts, d.last_error_class,
-                  d.last_error_message, r.dead_reason
+        RETURNING d.id, r.token, d.event_id, d.channel, d.status, d.attempts,
+                  d.last_error_class, d.last_error_message, r.dead_reason
     ), attempts AS (
         INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at, finished_at,
                                        outcome, error_class, error_message, provider_code,
@@ -177,9 +177,33 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
         SELECT x.kind, NULL, NULL, x.detail::jsonb
         FROM unnest(CAST(:x_kinds AS text[]), CAST(:x_details AS text[])) AS x(kind, detail)
     )
-    SELECT id, event_id, channel, status, attempts, last_error_class, last_error_message,
-           dead_reason
+    SELECT id, token, event_id, channel, status, attempts, last_error_class,
+           last_error_message, dead_reason
     FROM applied
+    """
+)
+
+#: Extend the leases still held by these claims, skipping rows another statement has
+#: locked (a claim taking an expired lease, or a recording statement still running): it
+#: never waits, so it works while the recorder's own statement hangs. By token, like
+#: every outcome, so it never extends somebody else's lease.
+_RENEW, _RENEW_PARAMS = _positional(
+    """
+    WITH r AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
+                             CAST(:leases AS float8[])) AS r(id, token, lease)
+    ), held AS (
+        SELECT d.id, r.lease FROM deliveries AS d JOIN r ON d.id = r.id
+        WHERE d.lease_token = r.token AND d.status = 'in_flight'
+        FOR UPDATE OF d SKIP LOCKED
+    )
+    UPDATE deliveries AS d
+    SET next_attempt_at = greatest(d.next_attempt_at,
+                                   now() + make_interval(secs => h.lease)),
+        updated_at = now()
+    FROM held AS h
+    WHERE d.id = h.id
+    RETURNING d.id
     """
 )
 
@@ -232,6 +256,32 @@ class Outcome:
     attempts: tuple[AttemptRecord, ...] = ()
     #: Why it was dead-lettered (``DeadLetterReason``), for the audit entry.
     dead_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An outcome that passed the fence, and the delivery's state after it."""
+
+    delivery_id: UUID
+    lease_token: UUID
+    event_id: UUID
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    error_class: str | None
+    error_message: str | None
+    dead_reason: str | None
+
+    def dead_letter(self) -> "DeadLettered":
+        return DeadLettered(
+            self.delivery_id,
+            self.event_id,
+            self.channel,
+            self.attempts,
+            self.error_class,
+            self.error_message,
+            self.dead_reason,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +365,12 @@ async def claim(
 
 async def complete(
     conn: Executor, outcomes: Sequence[Outcome], notes: Sequence[AuditNote] = ()
-) -> list[DeadLettered]:
+) -> list[Applied]:
     """Apply outcomes (fenced by lease token), record every attempt, audit dead letters.
 
-    One statement: outside a transaction it is its own, all or nothing.
+    Returns the outcomes that passed the fence; one missing from it was discarded (its
+    lease had been taken over). One statement: outside a transaction it is its own, all
+    or nothing.
     """
     attempts = [(o.delivery_id, a) for o in outcomes for a in o.attempts]
     params: dict[str, Any] = {
@@ -346,15 +398,34 @@ async def complete(
     }
     rows = await conn.fetch(_COMPLETE, *(params[name] for name in _COMPLETE_PARAMS))
     return [
-        DeadLettered(
+        Applied(
             r["id"],
+            r["token"],
             r["event_id"],
             r["channel"],
+            DeliveryStatus(r["status"]),
             r["attempts"],
             r["last_error_class"],
             r["last_error_message"],
             r["dead_reason"],
         )
         for r in rows
-        if r["status"] == DeliveryStatus.DEAD
     ]
+
+
+async def renew(
+    conn: Executor, leases: Sequence[tuple[UUID, UUID, float]]
+) -> set[UUID]:
+    """Extend leases ``(delivery id, lease token, seconds)`` still held; the renewed ids.
+
+    For outcomes that wait to be recorded: the attempt is over, but until its outcome is
+    committed the row must not look abandoned. A lease is only ever lengthened, and one
+    whose row is locked right now is skipped (try again later).
+    """
+    params = {
+        "ids": [d for d, _, _ in leases],
+        "tokens": [t for _, t, _ in leases],
+        "leases": [s for _, _, s in leases],
+    }
+    rows = await conn.fetch(_RENEW, *(params[name] for name in _RENEW_PARAMS))
+    return {r["id"] for r in rows}

@@ -20,6 +20,7 @@ from dispatcher.outbox.store import (
     Outcome,
     claim,
     complete,
+    renew,
 )
 from dispatcher.testing import make_event
 
@@ -387,6 +388,39 @@ async def test_expired_lease_is_claimed_again_and_late_result_is_fenced_off(
     assert [tuple(a) for a in attempts] == [(1, "failed"), (2, "delivered")]
 
 
+async def test_renewal_lengthens_only_leases_still_held_and_never_waits_for_a_lock(
+    engine: AsyncEngine,
+) -> None:
+    """``renew`` extends the leases its tokens still hold, leaves a lease another claim
+    took over alone, and skips a row locked elsewhere instead of waiting for it."""
+    mine, taken, locked = await seed(engine), await seed(engine), await seed(engine)
+    claims = {c.id: c for c in await claim_now(engine, limit=3, owner="slow")}
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE deliveries SET next_attempt_at = now() WHERE id = :id"),
+            {"id": taken},
+        )
+    (other,) = await claim_now(engine, owner="other")
+    assert other.id == taken
+    before = {i: (await row(engine, i)).next_attempt_at for i in (taken, locked)}
+    leases = [(i, claims[i].lease_token, 3600.0) for i in (mine, taken, locked)]
+    async with engine.connect() as holder, engine.connect() as conn:
+        await holder.execute(
+            text("SELECT 1 FROM deliveries WHERE id = :id FOR UPDATE"), {"id": locked}
+        )
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with asyncio.timeout(5):
+            renewed = await renew(driver, leases)
+        await holder.rollback()
+    assert renewed == {mine}
+    stored = await row(engine, mine)
+    assert stored.next_attempt_at > datetime.now(UTC) + timedelta(seconds=3000)
+    assert stored.lease_token == claims[mine].lease_token
+    for i in (taken, locked):
+        assert (await row(engine, i)).next_attempt_at == before[i]
+
+
 async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
     retried, dead, deferred = await seed(engine), await seed(engine), await seed(engine)
     claims = {c.id: c for c in await claim_now(engine)}
@@ -419,10 +453,12 @@ async def test_outcomes_are_applied_in_one_batch(engine: AsyncEngine) -> None:
         ),
     ]
     note = AuditNote("breaker.transition", json.dumps({"provider": "primary"}))
-    dead_letters = await complete_now(engine, outcomes, [note])
-    assert [(d.id, d.reason, d.error_class) for d in dead_letters] == [
-        (dead, "permanent_error", "provider_permanent")
-    ]
+    applied = await complete_now(engine, outcomes, [note])
+    assert {a.delivery_id for a in applied} == {retried, dead, deferred}
+    assert [
+        (d.id, d.reason, d.error_class)
+        for d in (a.dead_letter() for a in applied if a.status == "dead")
+    ] == [(dead, "permanent_error", "provider_permanent")]
     r = await row(engine, retried)
     assert (r.status, r.attempts, r.last_error_class) == ("pending", 1, "timeout")
     assert abs((r.next_attempt_at - later).total_seconds()) < 0.01
