@@ -23,8 +23,9 @@ from structlog.testing import capture_logs
 from dispatcher.app import build_delivery, build_providers, channel_configs
 from dispatcher.db.engine import create_engine
 from dispatcher.db.models import DeliveryStatus
+from dispatcher.delivery.breaker_audit import BreakerAudit
 from dispatcher.delivery.recorder import Recorder
-from dispatcher.delivery.service import BreakerAudit, DeliveryService
+from dispatcher.delivery.service import DeliveryService
 from dispatcher.outbox.store import AttemptRecord, Outcome, claim, complete
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
