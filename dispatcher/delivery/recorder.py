@@ -30,6 +30,7 @@ from dispatcher.outbox.store import (
     complete,
     renew,
 )
+from dispatcher.resilience.backoff import Backoff
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -208,7 +209,7 @@ class Recorder:
         await self._link.close()
 
     async def _write_batches(self) -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             if not self._outcomes and not self._notes:
                 self._idle.set()
@@ -236,8 +237,7 @@ class Recorder:
                 self._writing = []
                 self._outcomes[:0] = batch
                 self._notes[:0] = notes
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.wait()
                 continue
             except StorageConflict:
                 log.error("dispatcher.delivery.record_refused", dropped=len(batch))
@@ -245,7 +245,7 @@ class Recorder:
             self._writing = []
             self._progress.set()
             self._progress = asyncio.Event()
-            delay = 0.1
+            backoff.reset()
             self._report(results)
 
     def _report(self, results: list[tuple[Outcome, Applied | None]]) -> None:
