@@ -18,9 +18,8 @@ class SmtpPool:
     crisis alert queue for a connection. The reserve is at most ``size - 1``.
 
     A connection goes back to the pool only when the send ended normally or with an
-    SMTP reply (aiosmtplib or ``smtppipe.sendmail`` has already ended the transaction
-    then); after a timeout, a disconnect or a cancellation its state is unknown, so it
-    is closed.
+    SMTP reply (``smtppipe.sendmail`` has already ended the transaction then); after a
+    timeout, a disconnect or a cancellation its state is unknown, so it is closed.
     """
 
     def __init__(
