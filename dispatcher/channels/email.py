@@ -80,7 +80,8 @@ class SmtpProvider(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     from_address: str = Field(min_length=3, max_length=320)
-    #: Per SMTP operation (connect, each command); the worker adds the overall deadline.
+    #: Per SMTP operation (connect, each command) before the final dot, whose reply has
+    #: the channel's ``final_reply_seconds``; the try's phase limits bound them all.
     timeout: float = Field(default=10.0, gt=0, le=300)
     #: Connections to this relay at most, ``pool_critical_reserve`` of them included.
     pool_size: int = Field(default=5, ge=1, le=100)
