@@ -94,6 +94,9 @@ def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
         "channels": {
             "email": {
                 **common,
+                # An email try also waits for a connection and for the final reply
+                # (10 + 10 + 60 s at the defaults): the lease must cover all three.
+                "lease_seconds": 120.0,
                 "enabled": True,
                 "concurrency": TUNING["email"]["concurrency"],
                 "providers": [

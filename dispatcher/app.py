@@ -168,11 +168,11 @@ def build_providers(
         adapters = sms.build_channels(config)
     else:
         raise ConfigError(f"channel {kind.value} has no adapter")
-    if config.lease_seconds <= config.deadline_seconds * len(adapters):
+    if config.lease_seconds <= config.try_seconds() * len(adapters):
         # Failover tries every provider within one attempt, each with its own deadline.
         raise ConfigError(
-            f"channels.{kind.value}.lease_seconds must be longer than deadline_seconds"
-            f" x {len(adapters)} providers"
+            f"channels.{kind.value}.lease_seconds must be longer than"
+            f" ({config.try_settings}) x {len(adapters)} providers"
         )
     return FailoverProviders([Candidate(a, breaker(a.name)) for a in adapters])
 

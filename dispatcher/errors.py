@@ -35,6 +35,10 @@ class ErrorClass(StrEnum):
 
     #: The attempt ran past its overall deadline.
     TIMEOUT = "timeout"
+    #: Every pooled connection to the provider stayed busy past the wait limit: not sent.
+    BUSY = "busy"
+    #: The message was handed over and no reply came: the provider may have accepted it.
+    INDETERMINATE = "indeterminate"
     #: TCP connection refused, reset or broken.
     CONNECTION = "connection"
     #: The host name could not be resolved.

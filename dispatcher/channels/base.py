@@ -50,6 +50,10 @@ class Channel(Protocol):
 
     kind: ChannelKind
     name: str
+    #: ``None``: the worker's ``deadline_seconds`` bounds the whole ``send``. An adapter
+    #: that bounds phases of its own (email: waiting for a pooled connection, sending,
+    #: the reply to the final dot) gives the longest its ``send`` can take.
+    time_limit: float | None
 
     async def send(self, message: OutboundMessage, /) -> SendReceipt: ...
 

@@ -16,6 +16,7 @@ from typing import Final
 import aiohttp
 import aiosmtplib
 
+from dispatcher.channels.smtppipe import ReplyLost
 from dispatcher.errors import (
     DeliveryError,
     ErrorClass,
@@ -172,6 +173,42 @@ def twilio_error(
     return error
 
 
+def deadline_passed(seconds: float) -> TransientDeliveryError:
+    """A try ran past its deadline before the provider could have taken the message."""
+    return TransientDeliveryError(
+        ErrorClass.TIMEOUT, f"no answer within the {seconds:g} s deadline"
+    )
+
+
+def busy(seconds: float) -> TransientDeliveryError:
+    """No pooled connection to the provider came free within ``seconds``.
+
+    Nothing was sent: the attempt is given back rather than spent, and the provider's
+    breaker does not count it (the relay is slow or the pool small, not failing).
+    """
+    return TransientDeliveryError(
+        ErrorClass.BUSY, f"no pooled connection free within {seconds:g} s; not sent"
+    )
+
+
+def indeterminate(
+    exc: BaseException, *, retry_after: float | None = None
+) -> TransientDeliveryError:
+    """The message was handed over and its reply never came: it may have been accepted.
+
+    Retried, since a lost alert is worse than a duplicate, and with the same id
+    (email ``Message-ID``) so that the receiver can de-duplicate; ``retry_after`` keeps
+    the retry from following at once.
+    """
+    cause = exc.__cause__ if isinstance(exc, ReplyLost) and exc.__cause__ else exc
+    return TransientDeliveryError(
+        ErrorClass.INDETERMINATE,
+        f"no reply after the message was handed over ({type(cause).__name__});"
+        " it may have been accepted",
+        retry_after=retry_after,
+    )
+
+
 def invalid_recipient(what: str) -> PermanentDeliveryError:
     """A recipient that the provider's library refuses to put on the wire.
 
@@ -190,6 +227,8 @@ def exception(exc: BaseException) -> DeliveryError:
     """
     if isinstance(exc, DeliveryError):
         return exc
+    if isinstance(exc, ReplyLost):
+        return indeterminate(exc)
     name = type(exc).__name__
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         # Wrong credentials are the relay's configuration, not the message's fault: keep

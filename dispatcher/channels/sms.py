@@ -110,10 +110,19 @@ class SmsChannelConfig(ChannelDelivery):
 
 
 class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """twilio's aiohttp client, without the per-request work a send does not need."""
+    """twilio's aiohttp client, without the per-request work a send does not need.
 
-    def __init__(self) -> None:
-        super().__init__(logger=_HTTP_LOG)
+    Its session may open ``connections`` at once: as many as the channel has slots, so
+    that no send, a critical one least of all, queues inside aiohttp for a connection
+    (twilio's own session keeps aiohttp's default of 100, shared first come first
+    served).
+    """
+
+    def __init__(self, connections: int) -> None:
+        super().__init__(pool_connections=False, logger=_HTTP_LOG)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections)
+        )
         self._authorization: dict[tuple[str, str], str] = {}
 
     # twilio formats the URL (with the account SID) and every header for its INFO log
@@ -165,15 +174,22 @@ class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
 
 
 class TwilioChannel:
-    """The SMS ``Channel`` for one Twilio account, over one pooled HTTP session."""
+    """The SMS ``Channel`` for one Twilio account, over one pooled HTTP session of up
+    to ``connections`` connections (the channel's ``concurrency``)."""
 
     kind = ChannelKind.SMS
+    time_limit: float | None = None
 
     def __init__(
-        self, provider: TwilioProvider, *, template: str = DEFAULT_SMS
+        self,
+        provider: TwilioProvider,
+        *,
+        template: str = DEFAULT_SMS,
+        connections: int = 100,
     ) -> None:
         self.name = provider.name
         self._provider = provider
+        self._connections = connections
         self._template = check_template(template)
         self._api: Any = None
         self._uri = f"/Accounts/{provider.account_sid}/Messages.json"
@@ -237,7 +253,7 @@ class TwilioChannel:
         # Built on first use: aiohttp's session must be created inside the running loop.
         if self._api is None:
             provider = self._provider
-            self._http = _HttpClient()
+            self._http = _HttpClient(self._connections)
             client = Client(
                 provider.account_sid,
                 provider.auth_token.get_secret_value(),
@@ -255,6 +271,8 @@ def build_channels(config: SmsChannelConfig) -> list[TwilioChannel]:
     if not config.enabled:
         return []
     return [
-        TwilioChannel(provider, template=config.template)
+        TwilioChannel(
+            provider, template=config.template, connections=config.concurrency
+        )
         for provider in config.providers
     ]

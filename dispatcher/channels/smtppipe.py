@@ -1,10 +1,11 @@
-"""RFC 2920 PIPELINING: one message in two round trips instead of four.
+"""One SMTP transaction, pipelined (RFC 2920) where the relay offers it, with the moment
+the message is handed over kept apart.
 
 aiosmtplib's ``sendmail`` waits for the reply to each of MAIL, RCPT, DATA and the message:
 four round trips per message. When the relay offers PIPELINING in its EHLO reply (Postfix,
 SES, SendGrid and Exchange do), ``sendmail`` here writes MAIL FROM, RCPT TO and DATA at
-once, reads their three replies, and only then sends the message. The rules it keeps
-(RFC 2920 section 3.1):
+once, reads their three replies, and only then sends the message; without it, one command
+at a time. The rules it keeps (RFC 2920 section 3.1):
 
 - DATA is the last command of a group, and the message goes out only after its 354: a
   relay that refused the envelope would read the message's lines as commands.
@@ -14,9 +15,16 @@ once, reads their three replies, and only then sends the message. The rules it k
   ends the empty message. RSET then clears the transaction, so the pooled connection
   stays usable, as aiosmtplib's ``sendmail`` does after a refusal.
 
+Once the final ``.`` of the message is written, the relay may accept the message at any
+moment, so giving up is no longer "not sent": the reply to the final dot has its own,
+longer limit (RFC 5321 4.5.3.2.6 suggests 10 minutes, precisely to avoid duplicates), the
+caller's deadline is lifted when the dot goes out, and a reply that never comes (timeout,
+disconnect, garbage) raises ``ReplyLost``: the outcome is unknown. A reply ends the
+transaction whatever its code (RFC 5321 4.1.1.4), so no RSET follows it.
+
 What goes on the wire is built with aiosmtplib's own helpers (address quoting, line
 endings, dot-stuffing, the RFC 1870 SIZE parameter), and refusals raise the exceptions its
-``sendmail`` raises, so the bytes and the classification are those of the unpipelined path.
+``sendmail`` raises, so the bytes and the classification are those of aiosmtplib.
 
 Replies are not read with ``SMTPProtocol.read_response``: aiosmtplib expects one reply per
 command written, parses one reply per packet and drops bytes that arrive while no command
@@ -30,6 +38,7 @@ connection loss and flow control still reach aiosmtplib's protocol.
 import asyncio
 import collections
 import contextlib
+from collections.abc import Sequence
 from typing import Final
 
 import aiosmtplib
@@ -45,26 +54,63 @@ from aiosmtplib.protocol import (
 )
 
 _RCPT_ACCEPTED: Final = frozenset({SMTPStatus.completed, SMTPStatus.will_forward})
+#: The reply each envelope command needs for the transaction to go on: MAIL, RCPT, DATA.
+_ACCEPTED: Final = (
+    frozenset({SMTPStatus.completed}),
+    _RCPT_ACCEPTED,
+    frozenset({SMTPStatus.start_input}),
+)
 
 Refusal = aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused
 
 
-def usable(client: aiosmtplib.SMTP) -> bool:
-    """Whether the relay offered PIPELINING in this session's EHLO reply.
+class ReplyLost(aiosmtplib.SMTPException):
+    """The message was handed over (its final dot written) and no reply came.
 
-    No before the session's first EHLO, or after STARTTLS (which forgets the reply):
-    aiosmtplib's ``sendmail`` then says EHLO, or HELO, itself.
+    The relay may have accepted it. The cause (a timeout, a disconnect, a malformed
+    reply) is chained; the client is closed.
     """
-    return not client.is_ehlo_or_helo_needed and client.supports_extension("pipelining")
+
+
+async def greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, or HELO if the relay refuses EHLO, unless this session already has.
+
+    As aiosmtplib's ``sendmail`` does: needed before a session's first message and
+    after STARTTLS, which forgets the EHLO reply.
+    """
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
 
 
 async def sendmail(
-    client: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes
+    client: aiosmtplib.SMTP,
+    sender: str,
+    recipient: str,
+    message: bytes,
+    *,
+    mail_options: Sequence[str] = (),
+    deadline: asyncio.Timeout | None = None,
+    final_reply_timeout: float | None = None,
 ) -> str:
-    """Send one message to one recipient, with MAIL, RCPT and DATA in one write.
+    """Send one message to one recipient, with MAIL, RCPT and DATA in one write if the
+    relay offers PIPELINING.
 
-    The caller has the client to itself (the pool lends it to one send at a time) and
-    has checked ``usable(client)``. Each reply may take ``client.timeout``.
+    The caller has the client to itself (the pool lends it to one send at a time). Each
+    reply before the final dot may take ``client.timeout``.
+
+    Args:
+        mail_options: MAIL parameters after SIZE (e.g. ``SMTPUTF8``); with ``SMTPUTF8``
+            the addresses are sent as UTF-8.
+        deadline: The caller's deadline for the send, lifted just before the final dot
+            is written: from then on only ``final_reply_timeout`` applies.
+        final_reply_timeout: Longest wait for the reply to the final dot;
+            ``client.timeout`` when not given.
 
     Returns:
         The relay's reply to the message; it often names a queue id.
@@ -74,32 +120,41 @@ async def sendmail(
         SMTPSenderRefused: MAIL was refused.
         SMTPRecipientsRefused: RCPT was refused.
         SMTPDataError: DATA or the message was refused.
-        SMTPServerDisconnected: The connection broke; the client is closed.
-        SMTPReadTimeoutError: A reply took too long; the client is closed.
+        ReplyLost: The message was handed over and no reply came; the client is closed.
+        SMTPServerDisconnected: The connection broke before that; the client is closed.
+        SMTPReadTimeoutError: A reply before that took too long; the client is closed.
         SMTPResponseException: A malformed reply (code -1); the client is closed.
     """
+    await greet(client)
     protocol = client.protocol
     transport = None if protocol is None else protocol.transport
     if protocol is None or transport is None:
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
     content = normalize_message_line_endings(message)
-    mail = [b"MAIL", b"FROM:" + quote_address(sender).encode("ascii")]
+    utf8 = any(option.lower() == "smtputf8" for option in mail_options)
+    encoding = "utf-8" if utf8 else "ascii"
+    mail = [b"MAIL", b"FROM:" + quote_address(sender).encode(encoding)]
     if client.supports_extension("size"):
         mail.append(f"size={len(content)}".encode("ascii"))
-    rcpt = [b"RCPT", b"TO:" + quote_address(recipient).encode("ascii")]
-    envelope = _command(*mail) + _command(*rcpt) + b"DATA\r\n"
+    mail += [option.encode("ascii") for option in mail_options]
+    rcpt = [b"RCPT", b"TO:" + quote_address(recipient).encode(encoding)]
+    envelope = (_command(*mail), _command(*rcpt), b"DATA\r\n")
     replies = _Replies(protocol, transport, client.timeout)
+    handed_over = False
     try:
-        protocol.write(envelope)
-        got: list[SMTPResponse] = []
-        for _ in ("MAIL", "RCPT", "DATA"):
-            got.append(await replies.read())
-            if got[-1].code == SMTPStatus.domain_unavailable:
-                break
+        got = await _envelope(
+            protocol,
+            replies,
+            envelope,
+            pipelined=client.supports_extension("pipelining"),
+        )
         refusal = _refusal(got, sender, recipient)
         if refusal is None:
+            if deadline is not None:
+                deadline.reschedule(None)
             protocol.write(PERIOD_REGEX.sub(b"..", content) + b".\r\n")
-            got.append(await replies.read())
+            handed_over = True
+            got.append(await _final_reply(client, replies, final_reply_timeout))
             if got[-1].code == SMTPStatus.completed:
                 return got[-1].message
             refusal = aiosmtplib.SMTPDataError(got[-1].code, got[-1].message)
@@ -119,10 +174,50 @@ async def sendmail(
         replies.detach()
     if any(reply.code == SMTPStatus.domain_unavailable for reply in got):
         client.close()  # 421: the relay is closing the session
-    else:
+    elif not handed_over:
+        # The reply to the final dot has ended the transaction; a refused envelope not.
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
             await client.rset()
     raise refusal
+
+
+async def _envelope(
+    protocol: SMTPProtocol,
+    replies: "_Replies",
+    commands: tuple[bytes, bytes, bytes],
+    *,
+    pipelined: bool,
+) -> list[SMTPResponse]:
+    """The replies to MAIL, RCPT and DATA, or fewer: after a 421 and, one command at a
+    time, after the first refusal."""
+    got: list[SMTPResponse] = []
+    if pipelined:
+        protocol.write(b"".join(commands))
+    for command, accepted in zip(commands, _ACCEPTED, strict=True):
+        if not pipelined:
+            protocol.write(command)
+        got.append(await replies.read())
+        if got[-1].code == SMTPStatus.domain_unavailable or (
+            not pipelined and got[-1].code not in accepted
+        ):
+            break
+    return got
+
+
+async def _final_reply(
+    client: aiosmtplib.SMTP, replies: "_Replies", within: float | None
+) -> SMTPResponse:
+    try:
+        return await replies.read(within if within is not None else client.timeout)
+    except (
+        aiosmtplib.SMTPServerDisconnected,
+        aiosmtplib.SMTPTimeoutError,
+        aiosmtplib.SMTPResponseException,
+    ) as exc:
+        client.close()
+        raise ReplyLost(
+            "no reply to the final dot: the relay may have accepted the message"
+        ) from exc
 
 
 def _command(*args: bytes) -> bytes:
@@ -136,8 +231,9 @@ def _command(*args: bytes) -> bytes:
 def _refusal(got: list[SMTPResponse], sender: str, recipient: str) -> Refusal | None:
     """What aiosmtplib's ``sendmail`` raises for the first refused command, if any.
 
-    ``got`` holds the replies to MAIL, RCPT and DATA, or fewer when one was a 421: that
-    one is then refused, so the missing replies are never looked at.
+    ``got`` holds the replies to MAIL, RCPT and DATA, or fewer when one was a 421 or,
+    one command at a time, a refusal: that one is then refused, so the missing replies
+    are never looked at.
     """
     mail = got[0]
     if mail.code != SMTPStatus.completed:
@@ -175,18 +271,19 @@ class _Replies(asyncio.Protocol):
         if self._transport.get_protocol() is self:
             self._transport.set_protocol(self._smtp)
 
-    async def read(self) -> SMTPResponse:
+    async def read(self, within: float | None = None) -> SMTPResponse:
         """The next reply, in order; replies that came before a disconnect come first.
 
         Raises:
-            SMTPReadTimeoutError: No reply within the timeout (per reply, as aiosmtplib).
+            SMTPReadTimeoutError: No reply ``within`` seconds, or the client's timeout
+                per reply (as aiosmtplib) when it is not given.
         """
         while not self._ready:
             if self._error is not None:
                 raise self._error
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(within or self._timeout):
                     await self._wakeup
             except TimeoutError as exc:
                 raise aiosmtplib.SMTPReadTimeoutError(

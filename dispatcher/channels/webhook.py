@@ -91,6 +91,7 @@ class WebhookChannel:
     """
 
     kind: ChannelKind = ChannelKind.WEBHOOK
+    time_limit: float | None = None
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatcher.channels import classify
-from dispatcher.channels.base import OutboundMessage
+from dispatcher.channels.base import Channel, OutboundMessage, SendReceipt
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.errors import (
     DeliveryError,
@@ -31,9 +31,18 @@ from dispatcher.resilience.retry import (
 
 from .providers import Candidate
 
-#: How long a delivery waits when every breaker refused it and none said when to retry.
+#: How long a delivery waits when every breaker refused it and none said when to retry,
+#: or when no provider had a connection free for it.
 DEFER_SECONDS = 1.0
+#: Added to an adapter's own time limit: its phase limits end the try first and say how
+#: (busy, timeout, indeterminate); this only stops an adapter bug.
+BACKSTOP_SECONDS = 1.0
 _MESSAGE_CAP = 500
+#: The attempt record's outcome for a failure of this class; "failed" for the others.
+_OUTCOMES = {
+    ErrorClass.BUSY: "not_sent",
+    ErrorClass.INDETERMINATE: "indeterminate",
+}
 
 
 async def attempt(
@@ -49,8 +58,11 @@ async def attempt(
 
     A transient failure or an open breaker moves on to the next provider within the same
     attempt (failover); a permanent failure stops at once, since another provider would
-    refuse the same message. Each provider try has its own deadline, so a hanging primary
-    cannot use up the secondary's time.
+    refuse the same message, and so does an indeterminate one (the provider may have
+    it): its retry comes later, with the same id. Each provider try has its own
+    deadline, so a hanging primary cannot use up the secondary's time. A provider that
+    had no connection free (busy) sent nothing: like an open breaker, it is skipped, and
+    when no provider sent anything the attempt is given back.
     """
     policy = policy_for(_severity(row))
     if row.attempts > policy.max_attempts:
@@ -67,44 +79,45 @@ async def attempt(
     message = outbound(row)
     records: list[AttemptRecord] = []
     last: DeliveryError | None = None
+    busy: DeliveryError | None = None
     for candidate in candidates:
         if not candidate.breaker.allow():
             continue
+        channel = candidate.channel
         started, t0 = datetime.now(UTC), time.perf_counter()
-        try:
-            async with asyncio.timeout(deadline):
-                receipt = await candidate.channel.send(message)
-        except TimeoutError:
-            error: DeliveryError = TransientDeliveryError(
-                ErrorClass.TIMEOUT, f"no answer within the {deadline:g} s deadline"
-            )
-        except Exception as exc:  # noqa: BLE001 - an adapter bug must cost a retry, not the delivery
-            error = classify.exception(exc)
-        else:
+        result = await _try(channel, message, deadline)
+        if isinstance(result, SendReceipt):
             candidate.breaker.record_success()
             records.append(
-                _record(row, candidate.channel.name, started, t0, receipt.provider_code)
+                _record(row, channel.name, started, t0, result.provider_code)
             )
             return Outcome(
                 row.id,
                 row.lease_token,
                 DeliveryStatus.DELIVERED,
-                provider=candidate.channel.name,
+                provider=channel.name,
                 attempts=tuple(records),
             )
+        error = result
         records.append(
-            _record(
-                row, candidate.channel.name, started, t0, error.provider_code, error
-            )
+            _record(row, channel.name, started, t0, error.provider_code, error)
         )
+        if error.error_class is ErrorClass.BUSY:
+            candidate.breaker.release()
+            busy = error
+            continue
         last = error
         if isinstance(error, PermanentDeliveryError):
             # The provider answered; the message is at fault, not the provider.
             candidate.breaker.record_success()
             break
         candidate.breaker.record_failure()
+        if error.error_class is ErrorClass.INDETERMINATE:
+            # A second copy through the next provider now would be the likeliest
+            # duplicate; the retry (same Message-ID) waits at least retry_after.
+            break
     if last is None:
-        return _deferred(row, open_until())
+        return _deferred(row, None if busy else open_until(), records, busy)
     decision = decide(
         policy,
         attempts=row.attempts,
@@ -139,8 +152,32 @@ async def attempt(
     )
 
 
-def _deferred(row: Claimed, wake: float | None) -> Outcome:
-    """No provider would take it (every breaker open): wait, and give the attempt back."""
+async def _try(
+    channel: Channel, message: OutboundMessage, deadline: float
+) -> SendReceipt | DeliveryError:
+    """One provider try: its receipt, or what went wrong, classified."""
+    limit = (
+        deadline
+        if channel.time_limit is None
+        else channel.time_limit + BACKSTOP_SECONDS
+    )
+    try:
+        async with asyncio.timeout(limit):
+            return await channel.send(message)
+    except TimeoutError:
+        return classify.deadline_passed(limit)
+    except Exception as exc:  # noqa: BLE001 - an adapter bug must cost a retry, not the delivery
+        return classify.exception(exc)
+
+
+def _deferred(
+    row: Claimed,
+    wake: float | None,
+    records: Sequence[AttemptRecord],
+    busy: DeliveryError | None,
+) -> Outcome:
+    """Nothing was sent (every breaker open, or no connection free): wait, and give the
+    attempt back."""
     delay = DEFER_SECONDS if wake is None else max(0.0, wake - time.monotonic())
     return Outcome(
         row.id,
@@ -148,6 +185,10 @@ def _deferred(row: Claimed, wake: float | None) -> Outcome:
         DeliveryStatus.PENDING,
         next_attempt_at=datetime.now(UTC) + timedelta(seconds=max(delay, 0.05)),
         refund=1,
+        error_class=None if busy is None else busy.error_class.value,
+        error_message=None if busy is None else str(busy)[:_MESSAGE_CAP],
+        provider=records[-1].provider if records else None,
+        attempts=tuple(records),
     )
 
 
@@ -171,7 +212,7 @@ def _record(  # noqa: PLR0917 - a private constructor helper
         provider=provider,
         started_at=started,
         finished_at=datetime.now(UTC),
-        outcome="failed" if error else "delivered",
+        outcome=_OUTCOMES.get(error.error_class, "failed") if error else "delivered",
         error_class=error.error_class.value if error else None,
         error_message=str(error)[:_MESSAGE_CAP] if error else None,
         provider_code=code,

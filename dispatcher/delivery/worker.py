@@ -81,8 +81,14 @@ class ChannelWorker:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"worker-{self.kind}")
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop claiming; let in-flight attempts finish so their outcomes are recorded."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let in-flight attempts finish so their outcomes are recorded.
+
+        The default grace is the channel's longest provider try, so an email waiting for
+        the reply to its final dot is heard out: abandoning it would send it again.
+        """
+        if grace is None:
+            grace = self._settings.try_seconds()
         self._stopping = True
         self._wakeup.set()
         if self._task is not None:

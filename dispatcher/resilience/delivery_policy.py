@@ -1,6 +1,6 @@
 """Resilience settings per channel: retry policy (per severity), breaker, lease, polling."""
 
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,8 @@ class ChannelDelivery(BaseModel):
     """How one channel's worker retries, breaks and leases."""
 
     model_config = _FROZEN
+    #: The settings that add up to ``try_seconds()``, for error messages.
+    try_settings: ClassVar[str] = "deadline_seconds"
 
     retry: RetryPolicy = RetryPolicy()
     #: Overrides of ``retry`` by event severity.
@@ -36,17 +38,22 @@ class ChannelDelivery(BaseModel):
     max_inflight_per_recipient: int | None = Field(default=None, ge=1)
     #: One overall deadline per provider try, whatever the protocol's per-phase timeouts.
     deadline_seconds: float = Field(default=30.0, gt=0, le=600)
-    #: How long a claim holds a delivery; longer than the attempt deadline.
+    #: How long a claim holds a delivery; longer than every provider try of an attempt.
     lease_seconds: float = Field(default=120.0, gt=0, le=3600)
     #: Sweep interval: retries come due and lost notifications are caught up within it.
     poll_interval: float = Field(default=1.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> Self:
-        if self.lease_seconds <= self.deadline_seconds:
-            msg = "lease_seconds must be longer than deadline_seconds"
+        if self.lease_seconds <= self.try_seconds():
+            msg = f"lease_seconds must be longer than {self.try_settings}"
             raise ValueError(msg)
         return self
+
+    def try_seconds(self) -> float:
+        """The longest one provider try can take: ``deadline_seconds``, unless the
+        channel bounds phases of its own around it (email)."""
+        return self.deadline_seconds
 
     def policy_for(self, severity: Severity) -> RetryPolicy:
         """The retry policy for deliveries of events of this severity."""

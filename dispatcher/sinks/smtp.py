@@ -38,7 +38,8 @@ class ReceivedMail:
     rcpt_count: int
     #: Whether the session had switched to TLS before the message.
     tls: bool
-    #: ``time.time()`` when DATA was accepted.
+    #: ``time.time()`` when the message was taken: its reply was sent, or, with
+    #: ``reply_delay``, its final dot arrived.
     received_at: float
     content: bytes = field(repr=False)
     #: The envelope as the server parsed it: MAIL FROM path and parameters, RCPT paths.
@@ -147,14 +148,20 @@ class _Handler:
             )
         )
         sink.accepted.set()
-        return "250 2.0.0 OK: queued as " + f"Q{len(sink.received):06d}"
+        queue_id = f"Q{len(sink.received):06d}"
+        if sink.reply_delay is not None:
+            # Taken already, as an MTA that queued the message before replying: a client
+            # that gives up meanwhile has still delivered it.
+            await asyncio.sleep(sink.reply_delay)
+        return f"250 2.0.0 OK: queued as {queue_id}"
 
 
 class SmtpSink:
     """SMTP server on ``127.0.0.1``; ``port=0`` picks a free port (see ``.port``).
 
-    It offers PIPELINING (RFC 2920) in its EHLO reply unless ``pipelining=False``;
-    ``pipelined`` counts the messages whose MAIL, RCPT and DATA arrived in one read.
+    It offers PIPELINING (RFC 2920) in its EHLO reply unless ``pipelining=False``, and
+    SMTPUTF8 only with ``smtputf8=True``; ``pipelined`` counts the messages whose MAIL,
+    RCPT and DATA arrived in one read.
 
     Faults, switchable at any time:
     - ``fail(code, times=None, stage="data")``: answer ``code`` for the next ``times``
@@ -162,7 +169,11 @@ class SmtpSink:
       of 354) or ``data`` (after the message);
     - ``cut(stage, times=1)``: close the connection at ``stage`` instead of answering;
     - ``hang_on_connect = True``: accept TCP connections but never greet;
-    - ``data_delay = seconds``: sleep before answering DATA;
+    - ``data_delay = seconds``: sleep before taking the message after its final dot; a
+      client that gives up meanwhile has not delivered it;
+    - ``reply_delay = seconds``: take the message when its final dot arrives, then
+      sleep before saying so; a client that gives up meanwhile has delivered it, as with
+      a relay that queued the message and answered late;
     - ``await go_down()`` / ``await come_up()``: stop listening (connection refused).
     """
 
@@ -173,6 +184,7 @@ class SmtpSink:
         tls_context: ssl.SSLContext | None = None,
         require_starttls: bool = False,
         pipelining: bool = True,
+        smtputf8: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port
@@ -187,8 +199,10 @@ class SmtpSink:
         self.pipelined = 0
         self.hang_on_connect = False
         self.data_delay: float | None = None
+        self.reply_delay: float | None = None
         self._tls_context = tls_context
         self._require_starttls = require_starttls
+        self._smtputf8 = smtputf8
         #: (stage, reply or None to cut the connection, how many more times).
         self._fault: tuple[Stage, str | None, int | None] | None = None
         self._server: asyncio.Server | None = None
@@ -219,6 +233,7 @@ class SmtpSink:
         self._fault = None
         self.hang_on_connect = False
         self.data_delay = None
+        self.reply_delay = None
 
     async def _fault_reply(self, stage: Stage, server: SMTP) -> str | None:
         """The injected reply at ``stage``, if any; a cut never returns."""
@@ -244,6 +259,7 @@ class SmtpSink:
             hostname="sink.localhost",
             tls_context=self._tls_context,
             require_starttls=self._require_starttls,
+            enable_SMTPUTF8=self._smtputf8,
             timeout=30,
         )
 

@@ -73,7 +73,9 @@ def email_channel(*ports: int, **overrides: Any) -> dict[str, Any]:
         }
         for n, port in enumerate(ports, 1)
     ]
-    return {**FAST, "enabled": True, "providers": providers, **overrides}
+    # The phases of an email try on a test's time scale too: the lease covers them all.
+    limits = {"connection_wait_seconds": 1.0, "final_reply_seconds": 3.0}
+    return {**FAST, **limits, "enabled": True, "providers": providers, **overrides}
 
 
 def sms_channel(*base_urls: str, **overrides: Any) -> dict[str, Any]:

@@ -61,7 +61,13 @@ def channels(
     """All three channels, each able to take every test delivery in one claim."""
     common = {"lease_seconds": LEASE, "concurrency": 32, **overrides}
     return {
-        "email": email_channel(smtp.port, **common),
+        # An email try (connection wait + deadline + final reply) must fit in the lease.
+        "email": email_channel(
+            smtp.port,
+            connection_wait_seconds=0.5,
+            final_reply_seconds=0.5,
+            **common,
+        ),
         "sms": sms_channel(twilio.base_url, **common),
         "webhook": webhook_channel(
             webhook.url, ["safety-monitor"], max_inflight_per_recipient=32, **common

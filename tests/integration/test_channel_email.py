@@ -15,7 +15,12 @@ import trustme
 
 from dispatcher.channels import classify
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.email import EmailChannelConfig, SmtpChannel, SmtpProvider
+from dispatcher.channels.email import (
+    EmailChannelConfig,
+    SendLimits,
+    SmtpChannel,
+    SmtpProvider,
+)
 from dispatcher.channels.templates import SUBJECT_MAX_CHARS, EmailTemplate
 from dispatcher.errors import (
     DeliveryError,
@@ -23,7 +28,7 @@ from dispatcher.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from dispatcher.events.kinds import ChannelKind
+from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.testing import make_message
 
@@ -54,7 +59,10 @@ async def make_channel() -> AsyncIterator[MakeChannel]:
     made: list[SmtpChannel] = []
 
     def make(
-        port: int, templates: dict[str, EmailTemplate] | None = None, **fields: Any
+        port: int,
+        templates: dict[str, EmailTemplate] | None = None,
+        limits: SendLimits | None = None,
+        **fields: Any,
     ) -> SmtpChannel:
         values: dict[str, Any] = {
             "name": "relay-a",
@@ -65,7 +73,9 @@ async def make_channel() -> AsyncIterator[MakeChannel]:
             "timeout": 2.0,
             **fields,
         }
-        channel = SmtpChannel(SmtpProvider(**values), templates=templates)
+        channel = SmtpChannel(
+            SmtpProvider(**values), templates=templates, limits=limits
+        )
         made.append(channel)
         return channel
 
@@ -319,6 +329,107 @@ async def test_hanging_data_cut_by_deadline_then_pool_recovers(
     assert channel.connections_opened == 2
 
 
+def _low(**overrides: Any) -> OutboundMessage:
+    return _message(severity=Severity.LOW, **overrides)
+
+
+async def _received(sink: SmtpSink, count: int) -> None:
+    await _eventually(lambda: len(sink.received) >= count, timeout=10)
+
+
+async def test_critical_send_takes_the_reserved_connection_at_once(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """While low-severity sends hold every other pooled connection and more wait, a
+    critical send gets the reserved one at once and reaches the relay first."""
+    channel = make_channel(sink.port, pool_size=3, pool_critical_reserve=1)
+    sink.reply_delay = 1.0
+    lows = [asyncio.create_task(channel.send(_low())) for _ in range(6)]
+    await _received(sink, 2)
+    critical = _message()
+    await channel.send(critical)
+    assert sink.received[2].delivery_id == str(critical.delivery_id)
+    await asyncio.gather(*lows)
+    assert len(sink.received) == 7
+    assert sink.connections == channel.connections_opened == 3
+
+
+async def test_low_severity_never_takes_the_reserved_connection(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """Low-severity sends share the connections outside the reserve, one at a time here."""
+    channel = make_channel(sink.port, pool_size=2, pool_critical_reserve=1)
+    sink.reply_delay = 0.2
+    await asyncio.gather(*(channel.send(_low()) for _ in range(3)))
+    assert len(sink.received) == 3
+    assert sink.connections == channel.connections_opened == 1
+
+
+async def test_critical_send_waiting_for_a_connection_goes_first(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """With no reserve (or the reserve in use) a critical send still waits, but it takes
+    the next connection freed, ahead of low-severity sends that were waiting before it."""
+    channel = make_channel(sink.port, pool_size=2, pool_critical_reserve=0)
+    sink.reply_delay = 0.5
+    lows = [asyncio.create_task(channel.send(_low())) for _ in range(6)]
+    await _received(sink, 2)
+    critical = _message()
+    await channel.send(critical)
+    await asyncio.gather(*lows)
+    order = [mail.delivery_id for mail in sink.received]
+    assert str(critical.delivery_id) in order[2:4]
+
+
+async def test_no_connection_free_in_time_is_busy_and_nothing_is_sent(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A send that cannot get a pooled connection within connection_wait is busy: the
+    relay never sees it, and the connection in use is unharmed."""
+    channel = make_channel(
+        sink.port, pool_size=1, limits=SendLimits(connection_wait=0.2)
+    )
+    sink.reply_delay = 1.0
+    first = asyncio.create_task(channel.send(_message()))
+    await _received(sink, 1)
+    error = await _send_error(channel)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.error_class is ErrorClass.BUSY
+    await first
+    assert (len(sink.received), sink.attempts) == (1, 1)
+    assert channel.connections_opened == 1
+
+
+async def test_send_deadline_starts_when_a_connection_is_lent(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """Waiting for a connection does not count against the send's deadline: a send that
+    waited longer than the deadline for its connection is still delivered."""
+    channel = make_channel(
+        sink.port,
+        pool_size=1,
+        limits=SendLimits(connection_wait=5.0, deadline=0.6, final_reply=5.0),
+    )
+    sink.reply_delay = 0.4
+    await asyncio.gather(*(channel.send(_message()) for _ in range(3)))
+    assert len(sink.received) == 3
+
+
+async def test_non_ascii_address_goes_with_smtputf8(make_channel: MakeChannel) -> None:
+    """An address with non-ASCII characters is sent with SMTPUTF8 where the relay offers
+    it; a relay without it gets nothing, and the provider is not_configured."""
+    recipient = "zoë@example.org"
+    async with SmtpSink(smtputf8=True) as utf8, SmtpSink() as plain:
+        await make_channel(utf8.port).send(_message(recipient=recipient))
+        [mail] = utf8.received
+        assert mail.rcpt_tos == (recipient,)
+        assert "SMTPUTF8" in mail.mail_options
+        with pytest.raises(TransientDeliveryError) as caught:
+            await make_channel(plain.port).send(_message(recipient=recipient))
+        assert caught.value.error_class is ErrorClass.NOT_CONFIGURED
+        assert plain.attempts == 0
+
+
 async def test_silent_relay_hits_operation_timeout(
     sink: SmtpSink, make_channel: MakeChannel
 ) -> None:
@@ -393,3 +504,5 @@ def test_config_validation() -> None:
         EmailChannelConfig(providers=[provider, provider])
     config = EmailChannelConfig(enabled=True, providers=[provider])
     assert (config.concurrency, config.deadline_seconds) == (16, 30.0)
+    [relay] = config.providers
+    assert (relay.pool_size, relay.pool_critical_reserve) == (5, 1)

@@ -1,6 +1,7 @@
 """The SMTP adapter with RFC 2920 PIPELINING, against SmtpSink with and without it: the
-same mail, the same classification and the same connection reuse either way, and
-pipelining really used when the relay offers it."""
+same mail, the same classification and the same connection reuse either way (a message
+handed over without a reply is indeterminate on both), and pipelining really used when
+the relay offers it."""
 
 import asyncio
 import logging
@@ -15,7 +16,7 @@ import structlog
 import trustme
 import uvloop
 
-from dispatcher.channels.email import SmtpChannel, SmtpProvider
+from dispatcher.channels.email import SendLimits, SmtpChannel, SmtpProvider
 from dispatcher.channels.templates import EmailTemplate
 from dispatcher.errors import (
     DeliveryError,
@@ -28,7 +29,10 @@ from tests.integration.test_channel_email import CANARY, MakeChannel, _message
 
 
 def _channel(
-    port: int, templates: dict[str, EmailTemplate] | None = None, **fields: Any
+    port: int,
+    templates: dict[str, EmailTemplate] | None = None,
+    limits: SendLimits | None = None,
+    **fields: Any,
 ) -> SmtpChannel:
     values: dict[str, Any] = {
         "name": "relay-a",
@@ -39,7 +43,7 @@ def _channel(
         "timeout": 2.0,
         **fields,
     }
-    return SmtpChannel(SmtpProvider(**values), templates=templates)
+    return SmtpChannel(SmtpProvider(**values), templates=templates, limits=limits)
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
@@ -63,7 +67,7 @@ async def make_channel() -> AsyncIterator[MakeChannel]:
 
 
 def _pipelined(sink: SmtpSink, count: int) -> int:
-    """How many of ``count`` messages after a connection's first go pipelined."""
+    """How many of ``count`` messages go pipelined."""
     return count if sink.pipelining else 0
 
 
@@ -74,10 +78,10 @@ async def _send_error(channel: SmtpChannel) -> DeliveryError:
     return caught.value
 
 
-async def test_pipelines_after_the_first_message(
+async def test_pipelines_every_message(
     sink: SmtpSink, make_channel: MakeChannel
 ) -> None:
-    """On a pooled connection, every message after the first (which says EHLO) sends
+    """On a pooled connection, every message, the first (after EHLO) included, sends
     MAIL, RCPT and DATA in one write when the relay offers PIPELINING."""
     channel = make_channel(sink.port)
     receipts = [await channel.send(_message()) for _ in range(5)]
@@ -85,19 +89,18 @@ async def test_pipelines_after_the_first_message(
         f"Q{n:06d}" for n in range(1, 6)
     ]
     assert len(sink.received) == 5
-    assert sink.pipelined == _pipelined(sink, 4)
+    assert sink.pipelined == _pipelined(sink, 5)
     assert sink.connections == channel.connections_opened == 1
 
 
 async def test_concurrent_sends_pipeline_on_every_pooled_connection(
     sink: SmtpSink, make_channel: MakeChannel
 ) -> None:
-    """Concurrent sends over a pool of three all arrive, each connection pipelining
-    after its first message."""
+    """Concurrent sends over a pool of three all arrive, each pipelined."""
     channel = make_channel(sink.port, pool_size=3)
     await asyncio.gather(*(channel.send(_message()) for _ in range(30)))
     assert len(sink.received) == 30
-    assert sink.pipelined == _pipelined(sink, 30 - sink.connections)
+    assert sink.pipelined == _pipelined(sink, 30)
 
 
 def _without_date(content: bytes) -> bytes:
@@ -122,7 +125,7 @@ async def test_same_mail_as_without_pipelining(make_channel: MakeChannel) -> Non
             channel = make_channel(sink.port, templates=templates)
             for message in messages:
                 await channel.send(message)
-        assert (plain.pipelined, pipe.pipelined) == (0, 2)
+        assert (plain.pipelined, pipe.pipelined) == (0, 3)
         assert b"\r\n..x\r\n" in plain.received[0].content
         for first, second in zip(plain.received, pipe.received, strict=True):
             assert _without_date(first.content) == _without_date(second.content)
@@ -141,7 +144,7 @@ async def test_leading_dots_survive(sink: SmtpSink, make_channel: MakeChannel) -
     )
     await channel.send(_message())
     await channel.send(_message())
-    assert sink.pipelined == _pipelined(sink, 1)
+    assert sink.pipelined == _pipelined(sink, 2)
     expected = body.replace("\n", "\r\n").encode() + b"\r\n"
     assert [mail.content.partition(b"\r\n\r\n")[2] for mail in sink.received] == [
         expected,
@@ -183,7 +186,7 @@ async def test_refusal_classified_and_connection_reused(
     assert error.__cause__ is None
     await channel.send(_message())
     assert len(sink.received) == 2
-    assert sink.pipelined == _pipelined(sink, 2)
+    assert sink.pipelined == _pipelined(sink, 3)
     assert sink.connections == channel.connections_opened == 1
 
 
@@ -201,42 +204,66 @@ async def test_421_is_transient_and_connection_replaced(
     await channel.send(_message())
     assert len(sink.received) == 2
     assert channel.connections_opened == 2
-    assert sink.pipelined == _pipelined(sink, 1)
+    assert sink.pipelined == _pipelined(sink, 3)
 
 
-@pytest.mark.parametrize("stage", ["rcpt", "data_command", "data"])
+@pytest.mark.parametrize(
+    ("stage", "error_class"),
+    [
+        ("rcpt", ErrorClass.CONNECTION),
+        ("data_command", ErrorClass.CONNECTION),
+        ("data", ErrorClass.INDETERMINATE),
+    ],
+)
 async def test_cut_mid_transaction_is_transient_and_connection_discarded(
-    sink: SmtpSink, make_channel: MakeChannel, stage: Any
+    sink: SmtpSink, make_channel: MakeChannel, stage: Any, error_class: ErrorClass
 ) -> None:
-    """The relay closing the connection mid-transaction is a transient connection error;
-    the broken connection is dropped and the next message uses a new one."""
+    """The relay closing the connection mid-transaction is transient: a connection
+    error before the final dot, indeterminate after it (the relay may have taken the
+    message); the broken connection is dropped and the next message uses a new one."""
     channel = make_channel(sink.port)
     await channel.send(_message())
     sink.cut(stage)
     error = await _send_error(channel)
     assert isinstance(error, TransientDeliveryError)
-    assert error.error_class is ErrorClass.CONNECTION
+    assert error.error_class is error_class
     await channel.send(_message())
     assert len(sink.received) == 2
     assert channel.connections_opened == 2
-    assert sink.pipelined == _pipelined(sink, 1)
+    assert sink.pipelined == _pipelined(sink, 3)
 
 
-async def test_slow_reply_is_timeout_and_connection_discarded(
+async def test_final_reply_waits_past_the_operation_timeout(
     sink: SmtpSink, make_channel: MakeChannel
 ) -> None:
-    """A reply slower than the per-operation timeout is a transient timeout; the
-    connection is dropped."""
-    channel = make_channel(sink.port, timeout=0.3)
+    """The reply to the final dot has its own limit, longer than one SMTP operation's
+    timeout and than the send's deadline: a relay that answers late still delivers."""
+    channel = make_channel(
+        sink.port, timeout=0.3, limits=SendLimits(deadline=0.5, final_reply=5.0)
+    )
+    sink.reply_delay = 1.0
+    receipt = await channel.send(_message())
+    assert receipt.provider_message_id == "Q000001"
+    assert channel.connections_opened == 1
+
+
+async def test_no_final_reply_in_time_is_indeterminate_and_connection_discarded(
+    sink: SmtpSink, make_channel: MakeChannel
+) -> None:
+    """A reply to the final dot slower than its limit is indeterminate (the relay has
+    the message here), retried no sooner than that limit; the connection is dropped."""
+    channel = make_channel(sink.port, limits=SendLimits(final_reply=0.3))
     await channel.send(_message())
-    sink.data_delay = 5.0
+    sink.reply_delay = 5.0
     error = await _send_error(channel)
     assert isinstance(error, TransientDeliveryError)
-    assert error.error_class is ErrorClass.TIMEOUT
+    assert error.error_class is ErrorClass.INDETERMINATE
+    assert error.retry_after == 0.3
+    assert len(sink.received) == 2
     sink.heal()
     await channel.send(_message())
     assert channel.connections_opened == 2
-    assert sink.pipelined == _pipelined(sink, 1)
+    assert sink.pipelined == _pipelined(sink, 3)
 
 
 async def test_deadline_mid_transaction_discards_connection(
@@ -254,7 +281,7 @@ async def test_deadline_mid_transaction_discards_connection(
     await channel.send(_message())
     assert len(sink.received) == 2
     assert channel.connections_opened == 2
-    assert sink.pipelined == _pipelined(sink, 1)
+    assert sink.pipelined == _pipelined(sink, 3)
 
 
 async def test_no_address_in_logs(
@@ -269,7 +296,7 @@ async def test_no_address_in_logs(
         await _send_error(channel)
         sink.fail(451, stage="data", times=1, text=f"<{CANARY}> later")
         await _send_error(channel)
-    assert sink.pipelined == _pipelined(sink, 2)
+    assert sink.pipelined == _pipelined(sink, 3)
     assert CANARY not in repr(logs)
     assert CANARY not in caplog.text
 
@@ -312,7 +339,7 @@ async def test_pipelines_over_starttls(ca_file: tuple[trustme.CA, Path]) -> None
     """After STARTTLS (and the EHLO it needs), messages are pipelined inside TLS."""
     sink = await _tls_and_faults(*ca_file)
     assert [mail.tls for mail in sink.received] == [True] * 4
-    assert sink.pipelined == 4
+    assert sink.pipelined == 6
 
 
 def test_pipelines_on_uvloop(ca_file: tuple[trustme.CA, Path]) -> None:
@@ -320,4 +347,4 @@ def test_pipelines_on_uvloop(ca_file: tuple[trustme.CA, Path]) -> None:
     transports are not asyncio's."""
     sink = uvloop.run(_tls_and_faults(*ca_file))
     assert [mail.tls for mail in sink.received] == [True] * 4
-    assert sink.pipelined == 4
+    assert sink.pipelined == 6

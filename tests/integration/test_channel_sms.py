@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.sms import SmsChannelConfig, TwilioChannel, TwilioProvider
+from dispatcher.channels.sms import (
+    SmsChannelConfig,
+    TwilioChannel,
+    TwilioProvider,
+    build_channels,
+)
 from dispatcher.errors import (
     DeliveryError,
     ErrorClass,
@@ -203,6 +208,40 @@ async def test_hang_is_cut_by_timeout(
     sink.heal()
     await channel.send(_message())
     assert len(sink.received) == 1
+
+
+async def test_every_slot_gets_its_own_connection_at_once(sink: TwilioSink) -> None:
+    """With more slots than aiohttp's default 100 connections, every send in flight has
+    its own connection at once: none (a critical one least of all) waits in the HTTP
+    client's queue behind slower sends."""
+    slots = 120
+    config = SmsChannelConfig(
+        enabled=True,
+        concurrency=slots,
+        providers=[
+            TwilioProvider(
+                name="twilio-a",
+                account_sid=SID,
+                auth_token=TOKEN,
+                from_number=FROM,
+                base_url=sink.base_url,
+                timeout=30.0,
+            )
+        ],
+    )
+    [channel] = build_channels(config)
+    sink.delay = 60.0
+    sends = [asyncio.create_task(channel.send(_message())) for _ in range(slots)]
+    try:
+        async with asyncio.timeout(10):
+            while sink.requests < slots:
+                await asyncio.sleep(0.02)
+        assert sink.open_connections == slots
+    finally:
+        for send in sends:
+            send.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        await channel.aclose()
 
 
 async def test_template_error_is_permanent(

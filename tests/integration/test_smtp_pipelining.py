@@ -1,6 +1,6 @@
 """smtppipe.sendmail on the wire: against SmtpSink (aiosmtpd) with and without PIPELINING,
 and against scripted peers for what aiosmtpd never does (split or malformed replies, 354
-after a refused recipient, a 421)."""
+after a refused recipient, a 421, a reply to the final dot that comes late or never)."""
 
 import asyncio
 import contextlib
@@ -57,7 +57,7 @@ async def _scripted(peer: Peer, timeout: float = 2.0) -> AsyncIterator[aiosmtpli
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
         async with _client(server.sockets[0].getsockname()[1], timeout) as client:
-            assert smtppipe.usable(client)
+            assert client.supports_extension("pipelining")
             yield client
     finally:
         server.close()
@@ -78,7 +78,6 @@ async def test_sink_offers_pipelining_unless_told_not_to() -> None:
         ):
             assert client.supports_extension("pipelining") is pipelining
             assert client.supports_extension("size")
-            assert smtppipe.usable(client) is pipelining
 
 
 async def test_sink_answers_a_pipelined_group_in_order() -> None:
@@ -112,14 +111,15 @@ MESSAGES = {
 }
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
 @pytest.mark.parametrize("name", MESSAGES)
-async def test_same_bytes_and_envelope_as_sendmail(name: str) -> None:
+async def test_same_bytes_and_envelope_as_sendmail(name: str, pipelining: bool) -> None:
     """Message and envelope arrive exactly as aiosmtplib's unpipelined sendmail sends
-    them (line ends, dot-stuffing, SIZE), and only the pipelined one in one read."""
+    them (line ends, dot-stuffing, SIZE), in one read only when pipelined."""
     message = MESSAGES[name]
     async with (
         SmtpSink(pipelining=False) as plain_sink,
-        SmtpSink() as pipe_sink,
+        SmtpSink(pipelining=pipelining) as pipe_sink,
         _client(plain_sink.port) as plain,
         _client(pipe_sink.port) as pipe,
     ):
@@ -134,7 +134,7 @@ async def test_same_bytes_and_envelope_as_sendmail(name: str) -> None:
     )
     assert got.mail_options == (f"SIZE={len(got.content)}",)
     assert pipe_reply == plain_reply == "2.0.0 OK: queued as Q000001"
-    assert (pipe_sink.pipelined, plain_sink.pipelined) == (1, 0)
+    assert (pipe_sink.pipelined, plain_sink.pipelined) == (int(pipelining), 0)
 
 
 FAULTS = [
@@ -157,13 +157,16 @@ def _shape(exc: BaseException) -> tuple[Any, ...]:
     return (type(exc), exc.code, getattr(exc, "sender", None))
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
 @pytest.mark.parametrize(("stage", "code"), FAULTS)
-async def test_refusals_raise_what_sendmail_raises(stage: Any, code: int) -> None:
+async def test_refusals_raise_what_sendmail_raises(
+    stage: Any, code: int, pipelining: bool
+) -> None:
     """Each refusal raises aiosmtplib's exception for it, with the same code, and the
     connection then carries the next message."""
     async with (
         SmtpSink(pipelining=False) as plain_sink,
-        SmtpSink() as pipe_sink,
+        SmtpSink(pipelining=pipelining) as pipe_sink,
         _client(plain_sink.port) as plain,
         _client(pipe_sink.port) as pipe,
     ):
@@ -177,7 +180,7 @@ async def test_refusals_raise_what_sendmail_raises(stage: Any, code: int) -> Non
         assert pipe.is_connected
         await smtppipe.sendmail(pipe, SENDER, RECIPIENT, b"next")
     assert [mail.content for mail in pipe_sink.received] == [b"next\r\n"]
-    assert (pipe_sink.pipelined, pipe_sink.connections) == (2, 1)
+    assert (pipe_sink.pipelined, pipe_sink.connections) == (2 * pipelining, 1)
 
 
 async def test_replies_in_separate_packets() -> None:
@@ -330,6 +333,61 @@ async def test_cancellation_hands_the_transport_back() -> None:
             async with asyncio.timeout(0.2):
                 await smtppipe.sendmail(client, SENDER, RECIPIENT, b"body")
         assert protocol.transport.get_protocol() is protocol
+
+
+async def test_deadline_is_lifted_when_the_message_is_handed_over() -> None:
+    """The caller's deadline stops at the final dot: a reply that comes after it, but
+    within the final-reply limit, is the transaction's outcome."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _envelope(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        await asyncio.sleep(0.6)
+        writer.write(b"250 queued as LATE\r\n")
+        await reader.read()
+
+    async with _scripted(peer, timeout=0.2) as client:
+        async with asyncio.timeout(0.3) as deadline:
+            reply = await smtppipe.sendmail(
+                client,
+                SENDER,
+                RECIPIENT,
+                b"body",
+                deadline=deadline,
+                final_reply_timeout=5.0,
+            )
+        assert reply == "queued as LATE"
+        assert client.is_connected
+
+
+@pytest.mark.parametrize(
+    "after_dot",
+    [b"", b"nonsense\r\n", None],
+    ids=["disconnect", "malformed", "silent"],
+)
+async def test_no_reply_to_the_final_dot_is_reply_lost(after_dot: bytes | None) -> None:
+    """Once the final dot is written, a disconnect, a malformed reply or none in time
+    raise ReplyLost (the relay may have the message), chained to the cause; the client
+    is closed."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _envelope(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        if after_dot is None:
+            await reader.read()
+        else:
+            writer.write(after_dot)
+            await writer.drain()
+
+    async with _scripted(peer, timeout=5.0) as client:
+        with pytest.raises(smtppipe.ReplyLost) as caught:
+            await smtppipe.sendmail(
+                client, SENDER, RECIPIENT, b"body", final_reply_timeout=0.3
+            )
+        assert not client.is_connected
+    assert isinstance(caught.value.__cause__, aiosmtplib.SMTPException)
 
 
 ADDRESSES = [

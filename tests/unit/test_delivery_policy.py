@@ -53,12 +53,53 @@ def test_a_lease_shorter_than_a_full_failover_attempt_is_refused() -> None:
         for n in range(3)
     ]
     config = EmailChannelConfig(
-        enabled=True, providers=relays, deadline_seconds=30, lease_seconds=60
+        enabled=True,
+        providers=relays,
+        connection_wait_seconds=10,
+        deadline_seconds=30,
+        final_reply_seconds=60,
+        lease_seconds=300,
     )
 
     def hook(name: str, old: BreakerState, new: BreakerState, reason: str) -> None: ...
 
-    with pytest.raises(ConfigError, match="deadline_seconds x 3 providers"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\(connection_wait_seconds \+ deadline_seconds \+ final_reply_seconds\)"
+        " x 3 providers",
+    ):
         build_providers(ChannelKind.EMAIL, config, hook)
-    ok = config.model_copy(update={"lease_seconds": 91})
+    ok = config.model_copy(update={"lease_seconds": 301})
     assert len(build_providers(ChannelKind.EMAIL, ok, hook).breakers()) == 3
+
+
+def test_an_email_lease_covers_the_connection_wait_and_the_final_reply() -> None:
+    """An email try can wait for a connection, then send, then wait for the reply to
+    the final dot: the lease must outlive all three, not only the send's deadline."""
+    with pytest.raises(ValidationError, match="final_reply_seconds"):
+        EmailChannelConfig(
+            connection_wait_seconds=5,
+            deadline_seconds=10,
+            final_reply_seconds=100,
+            lease_seconds=114,
+        )
+    config = EmailChannelConfig(
+        connection_wait_seconds=5,
+        deadline_seconds=10,
+        final_reply_seconds=100,
+        lease_seconds=116,
+    )
+    assert config.try_seconds() == 115
+    assert config.limits().total == 115
+
+
+def test_default_email_lease_covers_two_relays() -> None:
+    """At the defaults an email try lasts at most 100 s, and the 240 s lease covers a
+    primary and a backup relay."""
+    config = EmailChannelConfig()
+    assert (
+        config.connection_wait_seconds,
+        config.deadline_seconds,
+        config.final_reply_seconds,
+    ) == (10, 30, 60)
+    assert config.lease_seconds > 2 * config.try_seconds()
