@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dispatcher.api.config import ApiSettings
 from dispatcher.channels.config import ChannelsConfig
 from dispatcher.errors import ConfigError
 from dispatcher.events.routing import RoutingRule
@@ -105,6 +106,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     routing: tuple[RoutingRule, ...] = ()
     channels: ChannelsConfig = ChannelsConfig()
+    api: ApiSettings = ApiSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
