@@ -4,10 +4,18 @@ Filters combine with AND; a list-valued filter (``severity=critical&severity=hig
 matches any of its values. Unknown parameters are a 422, never silently ignored.
 """
 
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from dispatcher.db.models import AuditKind, DeliveryStatus
 from dispatcher.errors import ErrorClass
@@ -27,6 +35,20 @@ TypeFilter = Annotated[
 Text = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
 ]
+
+
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _rfc3339_only(value: Any) -> Any:
+    # pydantic would also read "1700000000" or "0.5" as Unix time; the contract says RFC 3339.
+    if not isinstance(value, str) or not _RFC3339_START.match(value):
+        raise ValueError("expected an RFC 3339 timestamp with an offset")
+    return value
+
+
+#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 
 
 class Filters(BaseModel):
@@ -61,10 +83,10 @@ class EventFilters(Filters):
     severity: list[Severity] = Field(default_factory=list, max_length=5)
     subject_id: Text | None = None
     correlation_id: Text | None = None
-    received_after: AwareDatetime | None = None
-    received_before: AwareDatetime | None = None
-    occurred_after: AwareDatetime | None = None
-    occurred_before: AwareDatetime | None = None
+    received_after: Timestamp | None = None
+    received_before: Timestamp | None = None
+    occurred_after: Timestamp | None = None
+    occurred_before: Timestamp | None = None
     delivery_status: list[DeliveryStatus] = Field(
         default_factory=list,
         max_length=4,
@@ -96,8 +118,8 @@ class DeliveryFilters(Filters):
     error_class: list[ErrorClass] = Field(default_factory=list, max_length=20)
     min_attempts: int | None = Field(default=None, ge=0, le=1_000_000)
     event_id: UUID | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
 
 
 class DeliveryQuery(DeliveryFilters, Paging):
@@ -106,8 +128,8 @@ class DeliveryQuery(DeliveryFilters, Paging):
 
 class RejectedFilters(Filters):
     reason: list[RejectReason] = Field(default_factory=list, max_length=40)
-    received_after: AwareDatetime | None = None
-    received_before: AwareDatetime | None = None
+    received_after: Timestamp | None = None
+    received_before: Timestamp | None = None
 
 
 class RejectedQuery(RejectedFilters, Paging):
@@ -118,8 +140,8 @@ class AuditFilters(Filters):
     kind: list[AuditKind] = Field(default_factory=list, max_length=20)
     event_id: UUID | None = None
     delivery_id: UUID | None = None
-    after: AwareDatetime | None = None
-    before: AwareDatetime | None = None
+    after: Timestamp | None = None
+    before: Timestamp | None = None
 
 
 class AuditQuery(AuditFilters, Paging):
