@@ -42,6 +42,9 @@ APP_SETTINGS = Settings(
 # Loaded at import, as schemathesis needs; the app touches the database only per request,
 # and the fixture below creates and seeds it before the first one.
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(APP_SETTINGS))
+# Refusing an over-long query string (414) or body (413) before parsing it is a rejection.
+_negative = schema.config.checks.negative_data_rejection
+_negative.expected_statuses = [*_negative.expected_statuses, "413", "414"]
 
 
 @pytest.fixture(scope="module", autouse=True)
