@@ -4,6 +4,7 @@ import asyncio
 import gc
 import signal
 from collections.abc import Collection, Sequence
+from typing import Protocol
 
 import structlog
 from faststream.rabbit import RabbitBroker
@@ -62,6 +63,7 @@ class IngestService:
             writers=settings.ingest.writers,
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_max_delay=settings.ingest.storage_retry_max_delay,
+            recipient_key=recipient_key(settings),
         )
         endpoints = settings.channels.webhook.endpoints
         self.router = IngestRouter(
@@ -138,6 +140,12 @@ def build_delivery(
     )
 
 
+def recipient_key(settings: Settings) -> bytes | None:
+    """The key of the recipient search index, when one is configured."""
+    key = settings.api.recipient_hash_key
+    return None if key is None else key.get_secret_value().encode()
+
+
 def channel_configs(settings: Settings) -> dict[ChannelKind, ChannelDelivery]:
     """The channels that are enabled and have somewhere to send."""
     channels = settings.channels
@@ -189,8 +197,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class Service(Protocol):
+    """Something ``run_until_signalled`` starts and stops: ingest, delivery, the API."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 async def run_until_signalled(
-    services: Sequence[IngestService | DeliveryService], engine: AsyncEngine
+    services: Sequence[Service], engine: AsyncEngine | None
 ) -> None:
     """Start the services, wait for SIGTERM or SIGINT, stop them gracefully."""
     stop = asyncio.Event()
@@ -207,6 +222,7 @@ async def run_until_signalled(
     finally:
         for service in reversed(services):
             await service.stop()
-        await engine.dispose()
+        if engine is not None:
+            await engine.dispose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

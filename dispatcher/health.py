@@ -1,43 +1,136 @@
-"""Readiness of the dependencies, for ``dispatcher check`` and container health checks."""
+"""Readiness of the dependencies, for ``dispatcher check``, ``GET /readyz`` and container
+health checks: one logic, per-component detail, never raises for an unreachable one."""
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import aio_pika
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import create_engine, wrap_db_errors
 from dispatcher.db.migrate import alembic_config
 from dispatcher.errors import DispatcherError
 from dispatcher.settings import Settings
 
+#: Seconds one dependency may take to answer before it counts as unavailable.
+PROBE_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One dependency's state; ``detail`` names the problem, never a secret."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    components: tuple[Component, ...]
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok for c in self.components)
+
+    def problems(self) -> list[str]:
+        return [c.detail for c in self.components if not c.ok]
+
+
+#: An extra readiness check of a component that lives in this process (e.g. ingest).
+ComponentProbe = Callable[[], Component]
+
+
+async def check_database(engine: AsyncEngine) -> list[Component]:
+    """PostgreSQL answers, and its schema is at the head revision."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            with wrap_db_errors():
+                async with engine.connect() as conn:
+                    current = (
+                        await conn.execute(
+                            text("SELECT version_num FROM alembic_version")
+                        )
+                    ).scalar()
+    except TimeoutError:
+        detail = f"PostgreSQL did not answer within {PROBE_TIMEOUT:g} s"
+        return [Component("postgresql", ok=False, detail=detail)]
+    except DispatcherError as exc:
+        return [Component("postgresql", ok=False, detail=str(exc))]
+    postgres = Component("postgresql", ok=True, detail="reachable")
+    if current != head:
+        detail = f"database schema is at {current}, expected {head}: run 'dispatcher migrate'"
+        return [postgres, Component("schema", ok=False, detail=detail)]
+    return [postgres, Component("schema", ok=True, detail=f"at head {head}")]
+
+
+async def check_rabbitmq(amqp_url: str) -> Component:
+    """RabbitMQ accepts an AMQP connection."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            connection = await aio_pika.connect(amqp_url, timeout=PROBE_TIMEOUT)
+            await connection.close()
+    except (TimeoutError, aio_pika.exceptions.AMQPError, OSError) as exc:
+        return Component(
+            "rabbitmq",
+            ok=False,
+            detail=f"RabbitMQ is unavailable ({type(exc).__name__})",
+        )
+    return Component("rabbitmq", ok=True, detail="reachable")
+
+
+async def readiness(
+    engine: AsyncEngine, amqp_url: str, probes: Sequence[ComponentProbe] = ()
+) -> Readiness:
+    """Every component, checked concurrently."""
+    database, rabbitmq = await asyncio.gather(
+        check_database(engine), check_rabbitmq(amqp_url)
+    )
+    return Readiness((*database, rabbitmq, *(probe() for probe in probes)))
+
+
+class ReadinessProbe:
+    """``readiness`` behind a short cache and a lock, so an open ``/readyz`` hammered by
+    clients costs at most one check per ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        amqp_url: str,
+        probes: Sequence[ComponentProbe] = (),
+        ttl: float = 1.0,
+    ) -> None:
+        self._engine = engine
+        self._amqp_url = amqp_url
+        self._probes = tuple(probes)
+        self._ttl = ttl
+        self._lock = asyncio.Lock()
+        self._last: tuple[float, Readiness] | None = None
+
+    async def check(self) -> Readiness:
+        async with self._lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last[0] < self._ttl:
+                return self._last[1]
+            result = await readiness(self._engine, self._amqp_url, self._probes)
+            self._last = (time.monotonic(), result)
+            return result
+
 
 async def check_dependencies(settings: Settings) -> list[str]:
     """Problems found (empty when ready); never raises for an unreachable dependency."""
-    problems: list[str] = []
     engine = create_engine(
         settings.database_url.get_secret_value(),
         pool_size=1,
         application_name="dispatcher-check",
     )
     try:
-        with wrap_db_errors():
-            async with engine.connect() as conn:
-                current = (
-                    await conn.execute(text("SELECT version_num FROM alembic_version"))
-                ).scalar()
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-        if current != head:
-            problems.append(
-                f"database schema is at {current}, expected {head}: run 'dispatcher migrate'"
-            )
-    except DispatcherError as exc:
-        problems.append(str(exc))
+        result = await readiness(engine, settings.amqp_url.get_secret_value())
     finally:
         await engine.dispose()
-    try:
-        connection = await aio_pika.connect(
-            settings.amqp_url.get_secret_value(), timeout=5
-        )
-        await connection.close()
-    except (TimeoutError, aio_pika.exceptions.AMQPError, OSError) as exc:
-        problems.append(f"RabbitMQ is unavailable ({type(exc).__name__})")
-    return problems
+    return result.problems()

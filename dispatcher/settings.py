@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from yarl import URL
 
+from dispatcher.api.config import ApiSettings
 from dispatcher.channels.config import ChannelsConfig
 from dispatcher.errors import ConfigError
 from dispatcher.events.routing import RoutingRule
@@ -234,6 +235,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     routing: tuple[RoutingRule, ...] = ()
     channels: ChannelsConfig = ChannelsConfig()
+    api: ApiSettings = ApiSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

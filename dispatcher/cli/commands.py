@@ -15,7 +15,7 @@ from dispatcher.events.kinds import ChannelKind
 from dispatcher.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from dispatcher.delivery.service import DeliveryService
+    pass
 
 T = TypeVar("T")
 log = structlog.get_logger("dispatcher")
@@ -109,10 +109,19 @@ def serve(
             help="Run no channel workers (run them with `dispatcher worker`).",
         ),
     ] = False,
+    no_api: Annotated[
+        bool,
+        typer.Option(
+            "--no-api",
+            envvar="DISPATCHER_SERVE_NO_API",
+            help="Do not serve the audit API (run it with `dispatcher api`).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the dispatcher: ingest and every configured channel's workers, until SIGTERM."""
+    """Run the dispatcher: ingest, channel workers and the audit API, until SIGTERM."""
     from dispatcher.app import (  # noqa: PLC0415
         IngestService,
+        Service,
         build_delivery,
         build_engine,
         channel_configs,
@@ -126,11 +135,16 @@ def serve(
 
     async def go() -> None:
         engine = build_engine(cfg)
-        services: list[IngestService | DeliveryService] = [IngestService(cfg, engine)]
+        services: list[Service] = [IngestService(cfg, engine)]
         if deliver:
             services.append(build_delivery(cfg, engine))
         elif not ingest_only:
             log.warning("dispatcher.no_channels", hint="deliveries stay pending")
+        if not no_api:
+            from dispatcher.api.app import create_app  # noqa: PLC0415
+            from dispatcher.api.server import ApiServer  # noqa: PLC0415
+
+            services.append(ApiServer(create_app(cfg), cfg.api))
         await run_until_signalled(services, engine)
 
     _run(go())

@@ -1,7 +1,7 @@
 """The connection pool, and the one place driver errors become dispatcher errors."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,9 +27,17 @@ _DATA_ERRORS = (
 
 
 def create_engine(
-    url: str, *, pool_size: int = 10, application_name: str = "dispatcher"
+    url: str,
+    *,
+    pool_size: int = 10,
+    application_name: str = "dispatcher",
+    server_settings: Mapping[str, str] | None = None,
 ) -> AsyncEngine:
-    """A pooled async engine with bounded connect and statement times."""
+    """A pooled async engine with bounded connect and statement times.
+
+    ``server_settings`` adds session settings to every connection (e.g. the audit API's
+    ``statement_timeout``).
+    """
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -45,6 +53,7 @@ def create_engine(
                 # claim whose estimate crosses jit_above_cost on a large outbox spent
                 # ~24 ms compiling to run for 1.5 (docs/benchmarks.md, "Claims").
                 "jit": "off",
+                **(server_settings or {}),
             },
         },
     )

@@ -64,6 +64,8 @@ class AuditKind(StrEnum):
     DELIVERY_REPLAYED = "delivery.replayed"
     #: A circuit breaker changed state.
     BREAKER_TRANSITION = "breaker.transition"
+    #: The audit API showed unmasked PII to a token with ``audit:read-pii``.
+    PII_DISCLOSED = "api.pii_disclosed"
 
 
 class Base(DeclarativeBase):
@@ -140,6 +142,9 @@ class Delivery(Base):
     #: When the broker confirmed this dead letter's message in the RabbitMQ mirror.
     mirrored_at: Mapped[datetime | None]
     traceparent: Mapped[str | None] = mapped_column(Text)
+    #: HMAC of the recipient under ``api.recipient_hash_key`` (``events/blind_index.py``):
+    #: the audit API finds deliveries by recipient through it; NULL without a key.
+    recipient_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         CheckConstraint(
@@ -177,6 +182,15 @@ class Delivery(Base):
             "channel",
             "dead_at",
             postgresql_where=text("status = 'dead'"),
+        ),
+        # The audit API lists deliveries newest first, alone or by channel or recipient.
+        Index("ix_deliveries_created_at", "created_at", "id"),
+        Index("ix_deliveries_channel_created_at", "channel", "created_at"),
+        Index(
+            "ix_deliveries_recipient_hash",
+            "recipient_hash",
+            "created_at",
+            postgresql_where=text("recipient_hash IS NOT NULL"),
         ),
     )
 

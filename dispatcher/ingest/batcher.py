@@ -68,6 +68,7 @@ class Batcher(Generic[T]):
         writers: int = 2,
         max_body_bytes: int = 262_144,
         retry_max_delay: float = 5.0,
+        recipient_key: bytes | None = None,
     ) -> None:
         self._engine = engine
         self._on_commit = on_commit
@@ -75,6 +76,7 @@ class Batcher(Generic[T]):
         self._writers = writers
         self._max_body = max_body_bytes
         self._retry_max_delay = retry_max_delay
+        self._recipient_key = recipient_key
         self._queue: deque[_Entry[T]] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -244,7 +246,10 @@ class Batcher(Generic[T]):
                     conn = await link.driver()
                     async with conn.transaction():
                         result = await persist_batch(
-                            conn, items, max_body_bytes=self._max_body
+                            conn,
+                            items,
+                            max_body_bytes=self._max_body,
+                            recipient_key=self._recipient_key,
                         )
             except StorageConflict as exc:
                 raise _Refused(

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from dispatcher.db.models import AuditKind
+from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
@@ -75,12 +76,14 @@ _EXISTING_DIGESTS = _statement(
 _WRITE_REST = _statement(
     """
     WITH deliveries_in AS (
-        INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent)
+        INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent,
+                                recipient_hash)
         SELECT gen_random_uuid(), d.*
         FROM unnest(CAST(:d_events AS uuid[]), CAST(:d_channels AS text[]),
                     CAST(:d_recipients AS text[]), CAST(:d_rules AS text[]),
-                    CAST(:d_priorities AS smallint[]), CAST(:d_traceparents AS text[]))
-             AS d(event_id, channel, recipient, rule, priority, traceparent)
+                    CAST(:d_priorities AS smallint[]), CAST(:d_traceparents AS text[]),
+                    CAST(:d_recipient_hashes AS bytea[]))
+             AS d(event_id, channel, recipient, rule, priority, traceparent, recipient_hash)
         RETURNING channel
     ), rejected_in AS (
         INSERT INTO rejected_messages (source, reason, message, body, body_size, headers,
@@ -122,9 +125,17 @@ class BatchResult:
 
 
 async def persist_batch(
-    conn: Executor, batch: Sequence[Incoming], *, max_body_bytes: int
+    conn: Executor,
+    batch: Sequence[Incoming],
+    *,
+    max_body_bytes: int,
+    recipient_key: bytes | None = None,
 ) -> BatchResult:
-    """Write one batch; the caller owns the transaction (commit, then ack)."""
+    """Write one batch; the caller owns the transaction (commit, then ack).
+
+    With ``recipient_key``, each delivery also gets the keyed hash of its recipient that
+    the audit API searches by (``events/blind_index.py``).
+    """
     result = BatchResult()
     accepted, repeats, rejected = _split(batch)
     inserted: set[UUID] = set()
@@ -133,7 +144,7 @@ async def persist_batch(
         rows = await conn.fetch(_INSERT_EVENTS.sql, *_INSERT_EVENTS.args(params))
         inserted = {row[0] for row in rows}
     audit = _AuditRows()
-    deliveries = _DeliveryRows()
+    deliveries = _DeliveryRows(recipient_key)
     for event_id in inserted:
         item, acc = accepted[event_id]
         deliveries.add(acc, item)
@@ -267,13 +278,17 @@ class _DeliveryRows:
     __slots__ = (
         "channels",
         "event_ids",
+        "hashes",
+        "key",
         "priorities",
         "recipients",
         "rules",
         "traceparents",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.hashes: list[bytes | None] = []
         self.event_ids: list[UUID] = []
         self.channels: list[str] = []
         self.recipients: list[str] = []
@@ -292,6 +307,11 @@ class _DeliveryRows:
             self.rules.append(r.rule)
             self.priorities.append(priority)
             self.traceparents.append(traceparent)
+            self.hashes.append(
+                None
+                if self.key is None
+                else recipient_digest(self.key, r.channel, r.to)
+            )
 
     def params(self) -> dict[str, list[Any]]:
         return {
@@ -301,6 +321,7 @@ class _DeliveryRows:
             "d_rules": self.rules,
             "d_priorities": self.priorities,
             "d_traceparents": self.traceparents,
+            "d_recipient_hashes": self.hashes,
         }
 
 

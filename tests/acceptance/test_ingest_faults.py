@@ -42,6 +42,8 @@ def env_for(names: dict[str, str], database_url: str) -> dict[str, str]:
         "DISPATCHER_EXCHANGE": names["exchange"],
         "DISPATCHER_QUEUE_PREFIX": names["queue_prefix"],
         "DISPATCHER_INGEST__STORAGE_RETRY_MAX_DELAY": "1",
+        # serve runs the audit API too: a free port each, so replicas never collide.
+        "DISPATCHER_API__PORT": "0",
     }
 
 

@@ -1,0 +1,148 @@
+"""Query parameters of the list endpoints: each filter validated, unknown ones refused.
+
+Filters combine with AND; a list-valued filter (``severity=critical&severity=high``)
+matches any of its values. Unknown parameters are a 422, never silently ignored.
+"""
+
+import re
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+from dispatcher.db.models import AuditKind, DeliveryStatus
+from dispatcher.errors import ErrorClass
+from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.events.rejection import RejectReason
+from dispatcher.events.schema import ENDPOINT_NAME_PATTERN
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 250
+
+#: ``crisis.alert`` (exact) or ``crisis.*`` (every type under ``crisis.``).
+TypeFilter = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?$", max_length=200),
+]
+#: No NUL: PostgreSQL text cannot hold one, so it could match nothing anyway.
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
+]
+
+
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _rfc3339_only(value: Any) -> Any:
+    # pydantic would also read "1700000000" or "0.5" as Unix time; the contract says RFC 3339.
+    if not isinstance(value, str) or not _RFC3339_START.match(value):
+        raise ValueError("expected an RFC 3339 timestamp with an offset")
+    return value
+
+
+#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+
+
+class Filters(BaseModel):
+    """Base of every filter set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def active(self) -> dict[str, Any]:
+        """The filters in use, for binding a cursor to them."""
+        return {
+            k: v
+            for k, v in self.model_dump(mode="json").items()
+            if k not in {"limit", "cursor"} and v not in (None, [])
+        }
+
+
+class Paging(BaseModel):
+    limit: int = Field(
+        default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size."
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The `iterator` of the previous page, with the same filters.",
+    )
+
+
+class EventFilters(Filters):
+    type: TypeFilter | None = Field(
+        default=None, description="Exact type, or a prefix such as `crisis.*`."
+    )
+    severity: list[Severity] = Field(default_factory=list, max_length=5)
+    subject_id: Text | None = None
+    correlation_id: Text | None = None
+    received_after: Timestamp | None = None
+    received_before: Timestamp | None = None
+    occurred_after: Timestamp | None = None
+    occurred_before: Timestamp | None = None
+    delivery_status: list[DeliveryStatus] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Only events with at least one delivery in one of these statuses.",
+    )
+
+
+class EventQuery(EventFilters, Paging):
+    pass
+
+
+class DeliveryFilters(Filters):
+    channel: list[ChannelKind] = Field(default_factory=list, max_length=3)
+    status: list[DeliveryStatus] = Field(default_factory=list, max_length=4)
+    severity: list[Severity] = Field(default_factory=list, max_length=5)
+    recipient: (
+        Annotated[str, StringConstraints(min_length=1, max_length=320)] | None
+    ) = Field(
+        default=None,
+        description="Email address or E.164 number, matched exactly through its "
+        "keyed hash (needs `api.recipient_hash_key`).",
+    )
+    endpoint: (
+        Annotated[str, StringConstraints(pattern=ENDPOINT_NAME_PATTERN)] | None
+    ) = Field(default=None, description="Webhook endpoint name.")
+    provider: Text | None = Field(
+        default=None, description="Provider of the last attempt."
+    )
+    error_class: list[ErrorClass] = Field(default_factory=list, max_length=20)
+    min_attempts: int | None = Field(default=None, ge=0, le=1_000_000)
+    event_id: UUID | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
+
+
+class DeliveryQuery(DeliveryFilters, Paging):
+    pass
+
+
+class RejectedFilters(Filters):
+    reason: list[RejectReason] = Field(default_factory=list, max_length=40)
+    received_after: Timestamp | None = None
+    received_before: Timestamp | None = None
+
+
+class RejectedQuery(RejectedFilters, Paging):
+    pass
+
+
+class AuditFilters(Filters):
+    kind: list[AuditKind] = Field(default_factory=list, max_length=20)
+    event_id: UUID | None = None
+    delivery_id: UUID | None = None
+    after: Timestamp | None = None
+    before: Timestamp | None = None
+
+
+class AuditQuery(AuditFilters, Paging):
+    pass

@@ -1,0 +1,232 @@
+"""What the API returns: response models, built from rows with PII masked unless allowed."""
+
+import base64
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dispatcher.api.masking import mask_data, mask_recipient, mask_subject
+
+_OUT = ConfigDict(frozen=True)
+
+
+class EventSummary(BaseModel):
+    model_config = _OUT
+
+    event_id: UUID
+    type: str
+    severity: str
+    occurred_at: datetime
+    received_at: datetime
+    subject_id: str = Field(description="Masked without `audit:read-pii`.")
+    correlation_id: str | None
+    delivery_count: int
+
+
+class Attempt(BaseModel):
+    """One try of one delivery."""
+
+    model_config = _OUT
+
+    attempt: int
+    provider: str | None
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    error_class: str | None
+    provider_code: str | None
+    latency_ms: float | None
+    error_message: str | None = Field(
+        description="The provider's words; null without `audit:read-pii` (they may "
+        "quote the address)."
+    )
+
+
+class Delivery(BaseModel):
+    model_config = _OUT
+
+    delivery_id: UUID
+    event_id: UUID
+    channel: str
+    recipient: str = Field(description="Masked without `audit:read-pii`.")
+    rule: str | None
+    status: str
+    priority: int
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    dead_at: datetime | None
+    last_error_class: str | None
+    last_provider: str | None
+    last_error_message: str | None = Field(description="Null without `audit:read-pii`.")
+
+
+class DeliveryDetail(Delivery):
+    timeline: list[Attempt] = Field(description="Attempts, oldest first.")
+
+
+class AuditItem(BaseModel):
+    model_config = _OUT
+
+    id: int
+    at: datetime
+    kind: str
+    event_id: UUID | None
+    delivery_id: UUID | None
+    detail: dict[str, Any]
+
+
+class EventDetail(EventSummary):
+    subject: dict[str, Any] = Field(description="Values masked without the PII scope.")
+    data: dict[str, Any] = Field(description="Values masked without the PII scope.")
+    traceparent: str | None
+    deliveries: list[DeliveryDetail]
+    audit: list[AuditItem] = Field(
+        description="Audit entries of the event, oldest first."
+    )
+
+
+class Rejected(BaseModel):
+    model_config = _OUT
+
+    id: int
+    received_at: datetime
+    source: str
+    reason: str
+    message: str
+    body_size: int
+    routing_key: str | None
+    message_id: str | None
+
+
+class RejectedDetail(Rejected):
+    body_base64: str | None = Field(
+        description="The stored body (cut at the size limit); null without the PII scope."
+    )
+    headers: dict[str, Any] | None = Field(description="Null without the PII scope.")
+
+
+class Count(BaseModel):
+    count: int
+    approximated: bool = Field(
+        description="True when the count is the planner's estimate (above the exact limit)."
+    )
+
+
+def event_summary(row: Any, pii: bool) -> EventSummary:
+    return EventSummary(
+        event_id=row.id,
+        type=row.type,
+        severity=row.severity,
+        occurred_at=row.occurred_at,
+        received_at=row.received_at,
+        subject_id=row.subject_id if pii else mask_subject(row.subject_id),
+        correlation_id=row.correlation_id,
+        delivery_count=row.delivery_count,
+    )
+
+
+def event_detail(
+    row: Any,
+    deliveries: list[DeliveryDetail],
+    audit: list[AuditItem],
+    pii: bool,
+) -> EventDetail:
+    payload: dict[str, Any] = row.payload
+    subject = dict(payload.get("subject") or {})
+    data = dict(payload.get("data") or {})
+    if not pii:
+        subject = {
+            k: mask_subject(str(v)) if k == "id" else mask_data(v)
+            for k, v in subject.items()
+        }
+        data = mask_data(data)
+    return EventDetail(
+        **event_summary(row, pii).model_dump(),
+        subject=subject,
+        data=data,
+        traceparent=row.traceparent,
+        deliveries=deliveries,
+        audit=audit,
+    )
+
+
+def attempt(row: Any, pii: bool) -> Attempt:
+    return Attempt(
+        attempt=row.attempt,
+        provider=row.provider,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        outcome=row.outcome,
+        error_class=row.error_class,
+        provider_code=row.provider_code,
+        latency_ms=row.latency_ms,
+        error_message=row.error_message if pii else None,
+    )
+
+
+def _delivery_fields(row: Any, pii: bool) -> dict[str, Any]:
+    return {
+        "delivery_id": row.id,
+        "event_id": row.event_id,
+        "channel": row.channel,
+        "recipient": row.recipient
+        if pii
+        else mask_recipient(row.channel, row.recipient),
+        "rule": row.rule,
+        "status": row.status,
+        "priority": row.priority,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "delivered_at": row.delivered_at,
+        "dead_at": row.dead_at,
+        "last_error_class": row.last_error_class,
+        "last_provider": row.last_provider,
+        "last_error_message": row.last_error_message if pii else None,
+    }
+
+
+def delivery(row: Any, pii: bool) -> Delivery:
+    return Delivery(**_delivery_fields(row, pii))
+
+
+def delivery_detail(row: Any, timeline: list[Attempt], pii: bool) -> DeliveryDetail:
+    return DeliveryDetail(**_delivery_fields(row, pii), timeline=timeline)
+
+
+def audit_item(row: Any) -> AuditItem:
+    return AuditItem(
+        id=row.id,
+        at=row.at,
+        kind=row.kind,
+        event_id=row.event_id,
+        delivery_id=row.delivery_id,
+        detail=row.detail,
+    )
+
+
+def rejected(row: Any) -> Rejected:
+    return Rejected(
+        id=row.id,
+        received_at=row.received_at,
+        source=row.source,
+        reason=row.reason,
+        message=row.message,
+        body_size=row.body_size,
+        routing_key=row.routing_key,
+        message_id=row.message_id,
+    )
+
+
+def rejected_detail(row: Any, pii: bool) -> RejectedDetail:
+    return RejectedDetail(
+        **rejected(row).model_dump(),
+        body_base64=base64.b64encode(row.body).decode() if pii else None,
+        headers=row.headers if pii else None,
+    )

@@ -1,0 +1,193 @@
+"""The state of every channel, provider and webhook endpoint, refreshed in the background.
+
+``GET /v1/channels`` reads the latest snapshot, so a flood of requests costs the database
+nothing; the aggregates run once per ``api.limits.snapshot_interval``.
+"""
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.api import queries
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.errors import StorageUnavailable
+from dispatcher.outbox.status import breaker_status
+
+log = structlog.get_logger("dispatcher.api")
+
+#: Attempts younger than this make up the recent success rate.
+RECENT_WINDOW_SECONDS = 300.0
+
+
+class BreakerView(BaseModel):
+    replica: str
+    state: str = Field(description="closed, open or half_open")
+    since: datetime
+    reason: str
+
+
+class ProviderView(BaseModel):
+    """One provider (email relay, SMS account) or webhook endpoint."""
+
+    name: str
+    attempts_recent: int
+    success_rate: float | None = Field(
+        description="Delivered / attempts in the recent window; null without attempts."
+    )
+    last_error_class: str | None
+    due: int = Field(description="Due deliveries (webhook endpoints only).")
+    oldest_due_age_seconds: float | None
+    breakers: list[BreakerView] = Field(
+        description="Latest transition per replica; none means closed since start."
+    )
+
+
+class ChannelView(BaseModel):
+    channel: str
+    due: int
+    oldest_due_age_seconds: float | None
+    in_flight: int
+    dead_letters: int
+    providers: list[ProviderView]
+
+
+class ChannelsSnapshot(BaseModel):
+    refreshed_at: datetime | None = Field(description="Null until the first refresh.")
+    recent_window_seconds: float
+    channels: list[ChannelView]
+
+
+EMPTY = ChannelsSnapshot(
+    refreshed_at=None, recent_window_seconds=RECENT_WINDOW_SECONDS, channels=[]
+)
+
+
+async def take_snapshot(engine: AsyncEngine) -> ChannelsSnapshot:
+    with wrap_db_errors():
+        async with engine.connect() as conn:
+            backlog = await queries.channel_backlog(conn)
+            dead = await queries.dead_letters(conn)
+            recent = await queries.recent_attempts(conn, RECENT_WINDOW_SECONDS)
+            breakers = await breaker_status(conn)
+    now = datetime.now(UTC)
+    channels: dict[str, dict[str, Any]] = {}
+    providers: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def channel(name: str) -> dict[str, Any]:
+        return channels.setdefault(
+            name,
+            {"due": 0, "oldest": None, "in_flight": 0, "dead": 0},
+        )
+
+    def provider(ch: str, name: str) -> dict[str, Any]:
+        channel(ch)
+        return providers.setdefault(
+            (ch, name),
+            {
+                "attempts": 0,
+                "delivered": 0,
+                "last_error": None,
+                "due": 0,
+                "oldest": None,
+                "breakers": [],
+            },
+        )
+
+    for row in backlog:
+        c = channel(row.channel)
+        c["due"] += row.due
+        c["in_flight"] += row.in_flight
+        c["oldest"] = _earliest(c["oldest"], row.oldest_due)
+        if row.endpoint is not None:
+            p = provider(row.channel, row.endpoint)
+            p["due"] += row.due
+            p["oldest"] = _earliest(p["oldest"], row.oldest_due)
+    for row in dead:
+        channel(row.channel)["dead"] = row.dead
+    for row in recent:
+        if row.provider is None:
+            continue
+        p = provider(row.channel, row.provider)
+        p.update(
+            attempts=row.attempts,
+            delivered=row.delivered,
+            last_error=row.last_error_class,
+        )
+    for b in breakers:
+        provider(b.channel, b.provider)["breakers"].append(
+            BreakerView(replica=b.owner, state=b.state, since=b.at, reason=b.reason)
+        )
+    return ChannelsSnapshot(
+        refreshed_at=now,
+        recent_window_seconds=RECENT_WINDOW_SECONDS,
+        channels=[
+            ChannelView(
+                channel=name,
+                due=c["due"],
+                oldest_due_age_seconds=_age(now, c["oldest"]),
+                in_flight=c["in_flight"],
+                dead_letters=c["dead"],
+                providers=[
+                    ProviderView(
+                        name=pname,
+                        attempts_recent=p["attempts"],
+                        success_rate=(
+                            p["delivered"] / p["attempts"] if p["attempts"] else None
+                        ),
+                        last_error_class=p["last_error"],
+                        due=p["due"],
+                        oldest_due_age_seconds=_age(now, p["oldest"]),
+                        breakers=p["breakers"],
+                    )
+                    for (ch, pname), p in sorted(providers.items())
+                    if ch == name
+                ],
+            )
+            for name, c in sorted(channels.items())
+        ],
+    )
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return min(a, b)
+
+
+def _age(now: datetime, since: datetime | None) -> float | None:
+    return None if since is None else max(0.0, (now - since).total_seconds())
+
+
+class SnapshotRefresher:
+    """Keeps the latest snapshot; a failed refresh keeps the previous one."""
+
+    def __init__(self, engine: AsyncEngine, interval: float) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self.current = EMPTY
+
+    async def refresh(self) -> None:
+        try:
+            self.current = await take_snapshot(self._engine)
+        except StorageUnavailable as exc:
+            log.warning("dispatcher.api.snapshot_failed", error=str(exc))
+
+    async def _loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="api-channel-snapshot")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
