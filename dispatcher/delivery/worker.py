@@ -59,9 +59,11 @@ class ChannelWorker:
         self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
         #: Set by the last fill when it had to leave due rows behind for want of a slot:
-        #: every slot (or every general slot) taken, or these recipients at their cap.
+        #: every slot (or every general slot) taken.
         self._short_of_slots = False
-        self._capped: set[str] = set()
+        #: Recipients the last claim left due rows behind for at their cap, as the claim
+        #: reported them; empty while a claim runs (it reads them again).
+        self._capped: frozenset[str] = frozenset()
         #: While due rows wait for slots, claim once this many are free, not per slot:
         #: a claim costs about the same for one row as for eight.
         self._refill = max(1, settings.concurrency // 4)
@@ -163,13 +165,13 @@ class ChannelWorker:
     async def _wait(self) -> None:
         """Until a notification, enough freed slots, or the sweep's interval."""
         while True:
-            waiters = [asyncio.ensure_future(self._wakeup.wait())]
-            if self._short_of_slots or self._capped or self._slot_freed.is_set():
-                # Due rows may be waiting for a slot rather than for a notification:
-                # nothing will announce them again, so freed slots must start the next
-                # claim (also slots freed during the last claim, by a recipient that was
-                # at its cap then).
-                waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
+            # Due rows may be waiting for a slot rather than for a notification: nothing
+            # will announce them again, so freed slots start the next claim (``_finished``
+            # and ``_fill`` set the event only when rows are waiting for them).
+            waiters = [
+                asyncio.ensure_future(self._wakeup.wait()),
+                asyncio.ensure_future(self._slot_freed.wait()),
+            ]
             _done, pending = await asyncio.wait(
                 waiters,
                 timeout=self._settings.poll_interval,
@@ -208,21 +210,22 @@ class ChannelWorker:
         limit, max_priority = (
             (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
         )
-        cap = self._settings.max_inflight_per_recipient
-        blocked = self._providers.blocked_recipients()
-        if cap is not None:
-            blocked += [r for r, n in self._per_recipient.items() if n >= cap]
         self.claims += 1
+        # This claim is the refill that freed slots asked for. It reads the capped
+        # recipients' rows again, so until it says what it left behind, only a channel
+        # short of slots can ask for the next one.
+        self._slot_freed.clear()
+        self._capped = frozenset()
         with wrap_db_errors():
-            rows, considered = await claim(
+            rows, considered, capped = await claim(
                 await self._link.driver(),
                 self.kind.value,
                 limit=limit,
                 lease_seconds=self._settings.lease_seconds,
                 owner=self._owner,
-                blocked=blocked,
+                blocked=self._providers.blocked_recipients(),
                 max_priority=max_priority,
-                cap=cap,
+                cap=self._settings.max_inflight_per_recipient,
                 in_flight=self._per_recipient,
             )
         for row in rows:
@@ -230,10 +233,12 @@ class ChannelWorker:
             self._inflight[task] = (row.priority, row.recipient)
             self._per_recipient[row.recipient] += 1
             task.add_done_callback(self._finished)
-        if cap is not None:
-            # Kept from one fill to the next, so an attempt that ends during a claim
-            # still wakes the worker for its recipient.
-            self._capped = {r for r, n in self._per_recipient.items() if n >= cap}
+        # What the claim left behind, not what is in flight now: attempts that ended
+        # during the claim may have taken a recipient below its cap although its rows
+        # still wait. Their room counts now, so they may start the next claim at once.
+        self._capped = capped
+        if any(self._room(r) >= self._cap_refill for r in capped):
+            self._slot_freed.set()
         # A full set of candidates: more may be due now, even if the cap left some behind.
         full = considered == limit
         if not full:

@@ -32,11 +32,12 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
 
 
 #: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
-#: picked from ``candidates``, and return it most urgent first, oldest due first. By
-#: primary key from an array rather than a join with ``chosen``: PostgreSQL cannot see
-#: the LIMITs, and after five runs it may keep a generic plan that estimates thousands
-#: of rows and hash-joins whole tables here (docs/benchmarks.md, "A blocked endpoint's
-#: backlog").
+#: picked from ``candidates``, and return it most urgent first, oldest due first, each
+#: row with the claim's ``report`` (considered, capped); one row of NULLs and the report
+#: when nothing was leased, since the report matters then too. By primary key from an
+#: array rather than a join with ``chosen``: PostgreSQL cannot see the LIMITs, and after
+#: five runs it may keep a generic plan that estimates thousands of rows and hash-joins
+#: whole tables here (docs/benchmarks.md, "A blocked endpoint's backlog").
 _LEASE_CHOSEN = """
     , leased AS (
         UPDATE deliveries AS d
@@ -49,16 +50,16 @@ _LEASE_CHOSEN = """
                   d.created_at, d.traceparent, e.payload
     )
     SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
-           l.created_at, l.traceparent, l.payload,
-           (SELECT count(*) FROM candidates) AS considered
-    FROM leased AS l JOIN chosen AS c USING (id)
+           l.created_at, l.traceparent, l.payload, r.considered, r.capped
+    FROM report AS r
+    LEFT JOIN (leased AS l JOIN chosen AS c USING (id)) ON true
     ORDER BY c.priority, c.next_attempt_at
     """
 
 #: Email and SMS: one ordered scan of the channel's due rows. One statement, so it is its
 #: own transaction and one round trip per claim. Candidates beyond a recipient's room
 #: under the cap are locked for the statement only and left as they were: not leased,
-#: not reordered, due for the next claim.
+#: not reordered, due for the next claim, and their recipients reported as ``capped``.
 _CHOOSE_BY_CHANNEL = """
     WITH candidates AS (
         SELECT id, recipient, priority, next_attempt_at FROM deliveries
@@ -70,15 +71,20 @@ _CHOOSE_BY_CHANNEL = """
         ORDER BY priority, next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
-    ), chosen AS (
-        SELECT c.id, c.priority, c.next_attempt_at
+    ), ranked AS (
+        SELECT c.id, c.recipient, c.priority, c.next_attempt_at,
+               CAST(:cap AS int) IS NULL
+               OR c.nth <= CAST(:cap AS int) - coalesce(busy.n, 0) AS taken
         FROM (SELECT *, row_number() OVER (PARTITION BY recipient
                                            ORDER BY priority, next_attempt_at) AS nth
               FROM candidates) AS c
         LEFT JOIN unnest(CAST(:busy_recipients AS text[]), CAST(:busy_counts AS int[]))
              AS busy(recipient, n) USING (recipient)
-        WHERE CAST(:cap AS int) IS NULL
-           OR c.nth <= CAST(:cap AS int) - coalesce(busy.n, 0)
+    ), chosen AS (
+        SELECT id, priority, next_attempt_at FROM ranked WHERE taken
+    ), report AS (
+        SELECT (SELECT count(*) FROM candidates) AS considered,
+               ARRAY(SELECT DISTINCT recipient FROM ranked WHERE NOT taken) AS capped
     )
     """
 _CLAIM, _CLAIM_PARAMS = _positional(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
@@ -87,8 +93,10 @@ _CLAIM, _CLAIM_PARAMS = _positional(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
 #: open) or at its in-flight cap while thousands of its rows wait. The channel-wide claim
 #: above would read that whole backlog on every claim and filter it out row by row; this
 #: one lists the endpoints that have rows (a loose index scan: one index probe each), then
-#: reads at most each unblocked endpoint's room from ``ix_deliveries_webhook_lanes``. Same
-#: order, lease and fencing; ``considered`` counts the rows taken under the caps.
+#: reads at most each unblocked endpoint's room from ``ix_deliveries_webhook_lanes``, and
+#: one row more: whether the cap left any behind (``capped``; locked for the statement
+#: only, like the rows over the cap above). Same order, lease and fencing; ``considered``
+#: counts the rows taken under the caps.
 _CHOOSE_BY_ENDPOINT = """
     WITH RECURSIVE present(recipient) AS (
         (SELECT recipient FROM deliveries
@@ -111,7 +119,9 @@ _CHOOSE_BY_ENDPOINT = """
         WHERE p.recipient IS NOT NULL
           AND NOT (p.recipient = ANY(CAST(:blocked AS text[])))
     ), candidates AS (
-        SELECT c.id, c.priority, c.next_attempt_at
+        SELECT l.recipient, l.room, c.id, c.priority, c.next_attempt_at,
+               row_number() OVER (PARTITION BY l.recipient
+                                  ORDER BY c.priority, c.next_attempt_at) AS nth
         FROM lanes AS l CROSS JOIN LATERAL (
             SELECT id, priority, next_attempt_at FROM deliveries
             WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
@@ -119,13 +129,19 @@ _CHOOSE_BY_ENDPOINT = """
               AND priority <= CAST(:max_priority AS int)
               AND next_attempt_at <= now()
             ORDER BY priority, next_attempt_at
-            LIMIT greatest(l.room, 0)
+            LIMIT greatest(l.room, 0) + 1
             FOR UPDATE SKIP LOCKED
         ) AS c
-        ORDER BY c.priority, c.next_attempt_at
-        LIMIT CAST(:limit AS int)
     ), chosen AS (
         SELECT id, priority, next_attempt_at FROM candidates
+        WHERE nth <= room
+        ORDER BY priority, next_attempt_at
+        LIMIT CAST(:limit AS int)
+    ), report AS (
+        SELECT (SELECT count(*) FROM chosen) AS considered,
+               -- Left for the cap only where the cap, not the claim's limit, was the room.
+               ARRAY(SELECT recipient FROM candidates
+                     WHERE nth > room AND room < CAST(:limit AS int)) AS capped
     )
     """
 _CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
@@ -313,11 +329,15 @@ class Executor(Protocol):
 
 
 class Claim(NamedTuple):
-    """What one claim leased, most urgent first, and how many due rows it looked at."""
+    """What one claim leased, most urgent first, and what it left behind."""
 
     rows: list[Claimed]
-    #: ``limit`` when there may be more due right now (some were left under the cap).
+    #: ``limit`` when there may be more due right now (the claim's window was full).
     considered: int
+    #: Recipients whose due rows it left behind for their cap: nothing announces those
+    #: rows again, so their next claim must come from their attempts ending. A recipient
+    #: already at its cap is named without its rows being read.
+    capped: frozenset[str]
 
 
 async def claim(
@@ -335,19 +355,21 @@ async def claim(
     """Lease up to ``limit`` due deliveries of one channel, most urgent first.
 
     With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
-    the rest stay due, untouched. Webhook rows are claimed per endpoint (``_CLAIM_LANES``):
-    the rows of ``blocked`` endpoints are not read at all. Outside a transaction the lease
+    the rest stay due, untouched, and ``Claim.capped`` names their recipients. Webhook
+    rows are claimed per endpoint (``_CLAIM_LANES``): the rows of ``blocked`` endpoints,
+    and of endpoints at their cap, are not read at all. Outside a transaction the lease
     is committed when this returns (asyncpg hands the rows over only after the
     statement's implicit commit).
     """
-    busy = in_flight or {}
+    busy = dict(in_flight or {})
+    at_cap = frozenset(r for r, n in busy.items() if cap is not None and n >= cap)
     args = {
         "channel": channel,
         "limit": limit,
         "cap": cap,
         "busy_recipients": list(busy),
         "busy_counts": list(busy.values()),
-        "blocked": list(blocked),
+        "blocked": [*blocked, *at_cap],
         "max_priority": max_priority,
         "owner": owner,
         "lease": lease_seconds,
@@ -358,8 +380,11 @@ async def claim(
         else (_CLAIM, _CLAIM_PARAMS)
     )
     rows = await conn.fetch(sql, *(args[name] for name in names))
+    report = rows[0]  # there is always one, with or without a leased row
     return Claim(
-        [Claimed(*row[:-1]) for row in rows], rows[0]["considered"] if rows else 0
+        [Claimed(*row[:-2]) for row in rows if row["id"] is not None],
+        report["considered"],
+        frozenset(report["capped"]) | at_cap,
     )
 
 

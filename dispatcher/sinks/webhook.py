@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
-FaultKind = Literal["status", "redirect", "hang", "trickle", "flaky"]
+FaultKind = Literal["status", "redirect", "hang", "trickle", "flaky", "latency"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,8 @@ class _Fault:
     rate: float = 0.0
     interval: float = 0.0
     size: int = 0
+    #: ``latency``: the longest delay; ``interval`` is the shortest.
+    longest: float = 0.0
 
 
 class WebhookSink:
@@ -170,6 +172,14 @@ class WebhookSink:
             kind="trickle", interval=interval, size=size, times=times
         )
 
+    def latency(self, path: str, shortest: float, longest: float) -> None:
+        """Answer 200 after a delay drawn (seeded) between ``shortest`` and ``longest`` s.
+
+        Like a real endpoint, whose response times vary: attempts end one by one, at
+        any moment, rather than in step.
+        """
+        self._faults[path] = _Fault(kind="latency", interval=shortest, longest=longest)
+
     def flaky(self, path: str, rate: float, *, status: int = 503) -> None:
         """Answer ``status`` to a random share ``rate`` of requests (seeded)."""
         self._faults[path] = _Fault(kind="flaky", status=status, rate=rate)
@@ -249,6 +259,9 @@ class WebhookSink:
     ) -> web.StreamResponse:
         if fault is None or fault.kind == "flaky":
             return web.Response(status=200 if fault is None else fault.status)
+        if fault.kind == "latency":
+            await asyncio.sleep(self._rng.uniform(fault.interval, fault.longest))
+            return web.Response(status=200)
         if fault.kind == "hang":
             await self._release.wait()
             return web.Response(status=503)

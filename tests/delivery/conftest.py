@@ -46,10 +46,13 @@ def stack(
     make_settings: Callable[..., Settings],
     cleanup_broker: None,
 ) -> StackFactory:
-    """``async with stack(channels={...}) as s``: ingest and delivery of one replica."""
+    """``async with stack(channels={...}) as s``: ingest and delivery of one replica.
 
-    def make(**overrides: Any) -> Stack:
+    ``deliver=False``: ingest only, to store a backlog before any worker runs.
+    """
+
+    def make(*, deliver: bool = True, **overrides: Any) -> Stack:
         settings = make_settings(database, **overrides)
-        return Stack(settings, engine)
+        return Stack(settings, engine, deliver=deliver)
 
     return make

@@ -456,3 +456,63 @@ async def test_a_backlog_is_claimed_in_batches_not_one_claim_per_freed_slot(
     # more, plus sweeps and the notifications that found free slots (30-35 here). One
     # claim per freed slot and per notification made 46-55.
     assert claims <= 42, claims
+
+
+@pytest.mark.parametrize("reserve", [0, 2, 16], ids=lambda r: f"reserve-{r}")
+@pytest.mark.parametrize("cap", [1, 8, 32, None], ids=lambda c: f"cap-{c}")
+async def test_a_backlog_for_one_endpoint_drains_on_freed_slots_alone(
+    stack: StackFactory, webhook_sink: WebhookSink, cap: int | None, reserve: int
+) -> None:
+    """A stored backlog for one endpoint drains without the sweep, whatever the cap.
+
+    The shipped webhook defaults (32 slots, cap 8, reserve 2) among the parameters. Nothing
+    announces these rows after the worker's first claim, so only freed slots can start
+    the claims that drain them; the sweep is 60 s away, twice the deadline.
+    """
+    webhook_sink.latency("/safety-monitor", 0.001, 0.010)  # attempts end one by one
+    config = channels(
+        webhook_sink,
+        ("safety-monitor",),
+        poll_interval=60.0,
+        critical_reserve=reserve,
+        max_inflight_per_recipient=cap,
+    )
+    backlog = [
+        event_to(("webhook", "safety-monitor"), severity="low") for _ in range(300)
+    ]
+    async with stack(channels=config, deliver=False) as s:
+        ids = await s.publish(*backlog)
+        await s.wait_for(
+            lambda rows: len(rows) == 300, event_ids=ids, what="backlog stored"
+        )
+    async with stack(channels=config) as s:
+        rows = await s.wait_final(ids, count=300, timeout=30)
+    assert {r.status for r in rows} == {"delivered"}
+    assert {r.attempts for r in rows} == {1}
+    assert webhook_sink.duplicates() == []
+
+
+async def test_a_capped_endpoints_backlog_is_claimed_a_quarter_of_its_cap_at_a_time(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """At the default cap of 8, a waiting backlog is claimed once 2 slots free, not per slot."""
+    # Answers slow enough that slots free one at a time, not several during each claim.
+    webhook_sink.latency("/safety-monitor", 0.02, 0.06)
+    config = channels(webhook_sink, ("safety-monitor",), poll_interval=60.0)
+    backlog = [
+        event_to(("webhook", "safety-monitor"), severity="low") for _ in range(200)
+    ]
+    async with stack(channels=config, deliver=False) as s:
+        ids = await s.publish(*backlog)
+        await s.wait_for(
+            lambda rows: len(rows) == 200, event_ids=ids, what="backlog stored"
+        )
+    async with stack(channels=config) as s:
+        assert s.delivery is not None
+        worker = s.delivery.workers[ChannelKind.WEBHOOK]
+        rows = await s.wait_final(ids, count=200, timeout=30)
+        claims = worker.claims
+    assert {r.status for r in rows} == {"delivered"}
+    # 2 rows a claim, 8 for the first, some more where slots freed during a claim:
+    # 91-95 here. One claim per freed slot took 167-175.
+    assert claims <= 120, claims

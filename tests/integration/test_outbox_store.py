@@ -174,6 +174,55 @@ async def test_claim_leaves_what_is_over_a_recipients_cap_untouched(
     assert [c.id for c in await claim_now(engine, "webhook")] == [third]
 
 
+@pytest.mark.parametrize(
+    ("channel", "names"),
+    [
+        ("webhook", ("busy", "exact", "full", "quiet")),
+        (
+            "email",
+            tuple(f"{n}@example.org" for n in ("busy", "exact", "full", "quiet")),
+        ),
+    ],
+    ids=["per-endpoint", "channel-wide"],
+)
+async def test_a_claim_names_the_recipients_it_left_rows_behind_for_at_their_cap(
+    engine: AsyncEngine, channel: str, names: tuple[str, str, str, str]
+) -> None:
+    """Whether rows wait under a cap comes from the claim, not from counting in-flight."""
+    busy, exact, full, quiet = names
+    for recipient, rows in ((busy, 3), (exact, 2), (full, 1), (quiet, 1)):
+        for n in range(rows):
+            await seed(engine, channel=channel, recipient=recipient, due_in=-10 + n)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        result = await claim(
+            driver,
+            channel,
+            limit=10,
+            lease_seconds=60.0,
+            owner="test",
+            cap=2,
+            in_flight={full: 2, exact: 0},
+        )
+        # Every recipient at its cap: nothing leased, and still the report.
+        again = await claim(
+            driver,
+            channel,
+            limit=10,
+            lease_seconds=60.0,
+            owner="test",
+            cap=2,
+            in_flight=dict.fromkeys(names, 2),
+        )
+    leased = sorted(c.recipient for c in result.rows)
+    assert leased == sorted([busy, busy, exact, exact, quiet])
+    # "busy" had a third row over its room; "exact" had exactly its room; "full" was at
+    # its cap already (named without its rows being read); "quiet" had room to spare.
+    assert result.capped == {busy, full}
+    assert (again.rows, again.capped) == ([], frozenset(names))
+
+
 async def test_webhook_claim_orders_across_endpoints_and_honours_caps_and_blocks(
     engine: AsyncEngine,
 ) -> None:
