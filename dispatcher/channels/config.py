@@ -119,7 +119,7 @@ class WebhookChannelConfig(ChannelDelivery):
     # After the policy fields: its validator reads them.
     endpoints: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     concurrency: int = Field(default=32, ge=1, le=1024)
-    max_inflight_per_recipient: int | None = Field(default=8, ge=1)
+    max_inflight_per_recipient: int | None = Field(default=16, ge=1)
     deadline_seconds: float = Field(default=10.0, gt=0, le=300)
     connect_timeout: float = Field(default=5.0, gt=0, le=60)
     max_response_bytes: int = Field(default=65_536, ge=0, le=1_048_576)
