@@ -25,7 +25,7 @@ fresh exchange and queue names:
   the start; email and webhook deliveries/s against the normal drain.
 
 Settings: the dispatcher runs at its shipped defaults (concurrency, critical reserve,
-per-endpoint cap 8, SMTP pool, deadlines, leases, database pool, log level). Every run
+per-endpoint cap 16, SMTP pool, deadlines, leases, database pool, log level). Every run
 changes only what it must to reach the local sinks: email and SMS ``enabled`` with one
 provider each at the sink (the relay with ``tls: none``: the sink speaks plain SMTP; the
 Twilio account with ``base_url`` at the sink), and the webhook endpoint with

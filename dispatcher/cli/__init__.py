@@ -3,8 +3,16 @@
 import sys
 import traceback
 
-from dispatcher.cli import api as _api  # noqa: F401 - registers its commands
-from dispatcher.cli.commands import app, state
+# Importing a command module registers its commands on ``app``.
+from dispatcher.cli import (  # noqa: F401
+    api,
+    demo,
+    maintenance,
+    publish,
+    serve,
+    status,
+)
+from dispatcher.cli.root import app, state
 from dispatcher.errors import ConfigError
 
 

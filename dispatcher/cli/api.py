@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from dispatcher.api.config import Scope
-from dispatcher.cli.commands import _run, app, settings
+from dispatcher.cli.root import app, run, settings
 
 token_app = typer.Typer(help="Bearer tokens of the audit API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -26,7 +26,7 @@ def api() -> None:
     async def go() -> None:
         await run_until_signalled([ApiServer(create_app(cfg), cfg.api)], None)
 
-    _run(go())
+    run(go())
 
 
 @token_app.command("create")

@@ -1,0 +1,107 @@
+"""``dispatcher serve`` and ``dispatcher worker``: run the service until SIGTERM."""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import structlog
+import typer
+
+from dispatcher.cli.root import app, run, settings
+from dispatcher.events.kinds import ChannelKind
+from dispatcher.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from dispatcher.app import Service
+
+log = structlog.get_logger("dispatcher")
+
+
+@app.command()
+def serve(
+    ingest_only: Annotated[
+        bool,
+        typer.Option(
+            "--ingest-only",
+            envvar="DISPATCHER_INGEST_ONLY",
+            help="Run no channel workers (run them with `dispatcher worker`).",
+        ),
+    ] = False,
+    no_api: Annotated[
+        bool,
+        typer.Option(
+            "--no-api",
+            envvar="DISPATCHER_SERVE_NO_API",
+            help="Do not serve the audit API (run it with `dispatcher api`).",
+        ),
+    ] = False,
+) -> None:
+    """Run the dispatcher: ingest, channel workers and the audit API, until SIGTERM."""
+    from dispatcher.app import IngestService, build_delivery, channel_configs  # noqa: PLC0415
+
+    cfg = settings()
+    deliver = not ingest_only and bool(channel_configs(cfg))
+
+    def services(engine: "AsyncEngine") -> list["Service"]:
+        built: list[Service] = [IngestService(cfg, engine)]
+        if deliver:
+            built.append(build_delivery(cfg, engine))
+        elif not ingest_only:
+            log.warning("dispatcher.no_channels", hint="deliveries stay pending")
+        if not no_api:
+            from dispatcher.api.app import create_app  # noqa: PLC0415
+            from dispatcher.api.server import ApiServer  # noqa: PLC0415
+
+            built.append(ApiServer(create_app(cfg), cfg.api))
+        return built
+
+    _serve(cfg, "dispatcher", services)
+
+
+@app.command()
+def worker(
+    channel: Annotated[
+        list[ChannelKind],
+        typer.Option(
+            "--channel",
+            envvar="DISPATCHER_WORKER_CHANNELS",
+            help="Channel to deliver; repeat for several. Default: every configured one.",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Run channel workers only (no ingest), e.g. to scale one channel on its own."""
+    from dispatcher.app import build_delivery, channel_configs  # noqa: PLC0415
+
+    cfg = settings()
+    configured = channel_configs(cfg)
+    missing = [c.value for c in channel if c not in configured]
+    if missing:
+        raise typer.BadParameter(
+            f"not enabled or not configured: {', '.join(missing)}",
+            param_hint="--channel",
+        )
+    _serve(
+        cfg,
+        "dispatcher-worker",
+        lambda engine: [build_delivery(cfg, engine, only=set(channel) or None)],
+    )
+
+
+def _serve(
+    cfg: Settings,
+    application_name: str,
+    services: Callable[["AsyncEngine"], list["Service"]],
+) -> None:
+    """Configure logging, build the engine and the services, run until a signal."""
+    from dispatcher.app import build_engine, run_until_signalled  # noqa: PLC0415
+    from dispatcher.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(cfg.log_level, cfg.log_format)
+
+    async def go() -> None:
+        engine = build_engine(cfg, application_name)
+        await run_until_signalled(services(engine), engine)
+
+    run(go())
