@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from dispatcher.app import IngestService
 from dispatcher.logs import configure_logging
 from dispatcher.testing import event_bytes
-from tests.integration.test_ingest_consumer import WEBHOOKS, publish, wait_for
+from tests.integration.test_ingest_consumer import WEBHOOKS, publish, wait_count
 
 pytestmark = [
     pytest.mark.postgres,
@@ -57,12 +57,12 @@ async def test_canary_pii_never_reaches_the_logs(
         await service.start()
         try:
             await publish(settings, [(m, "crisis.detected") for m in messages])
-            await wait_for(
+            await wait_count(
                 engine,
                 "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rejected_messages)",
                 6,
             )
-            await wait_for(
+            await wait_count(
                 engine,
                 "SELECT count(*) FROM audit_log WHERE kind IN ('event.duplicate', 'event.conflict')",
                 2,
