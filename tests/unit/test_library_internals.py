@@ -37,13 +37,14 @@ RELIED_ON = {
 
 
 def pinned(dist: str) -> Requirement:
-    """The requirement pyproject.toml declares for ``dist``."""
+    """The requirement pyproject.toml declares for ``dist`` (runtime or an extra)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for line in project["dependencies"]:
+    extras = project.get("optional-dependencies", {}).values()
+    for line in [*project["dependencies"], *(line for e in extras for line in e)]:
         requirement = Requirement(line)
         if canonicalize_name(requirement.name) == canonicalize_name(dist):
             return requirement
-    raise AssertionError(f"{dist} is not a runtime dependency in pyproject.toml")
+    raise AssertionError(f"{dist} is not a dependency in pyproject.toml")
 
 
 def broken(dist: str, internal: str) -> str:
