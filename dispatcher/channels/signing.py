@@ -3,15 +3,18 @@
 The signed content is ``{webhook-id}.{webhook-timestamp}.{body}`` with the body bytes
 exactly as sent; each active secret adds one ``v1,<base64 HMAC-SHA256>`` to the
 space-separated ``webhook-signature`` header, so receivers can rotate keys with overlap.
+Each signature is the reference library's (``standardwebhooks``); this module checks the
+secrets and the id, and puts the headers together.
 See https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
 """
 
 import base64
 import binascii
-import hashlib
-import hmac
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Final
+
+from standardwebhooks import Webhook
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - the format marker, not a secret
 #: Key length bounds, in bytes, that the spec recommends (and Svix generates within).
@@ -44,13 +47,6 @@ def decode_secret(value: str) -> bytes:
     return key
 
 
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """One ``v1,<base64>`` signature of ``body`` under ``key``."""
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, content, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
 def signature_headers(
     keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes
 ) -> dict[str, str]:
@@ -60,10 +56,12 @@ def signature_headers(
         keys: Every active key, newest first; each yields one signature.
         msg_id: The delivery id: the same on every retry, so receivers de-duplicate.
         timestamp: Unix seconds of this attempt; a retry gets a new one and is re-signed.
-        body: The request body, byte for byte as it will be sent.
+        body: The request body, byte for byte as it will be sent: UTF-8 (JSON).
 
     Raises:
-        ValueError: no key, or an id that would make the signed content ambiguous.
+        ValueError: no key, an id that would make the signed content ambiguous, or a
+            body that is not UTF-8 (the library signs text, encoded back as UTF-8, so
+            it signs exactly these bytes).
     """
     if not keys:
         raise ValueError("at least one signing key is required")
@@ -71,8 +69,10 @@ def signature_headers(
     # (id, timestamp) pairs share one signature.
     if not msg_id or "." in msg_id or not msg_id.isprintable():
         raise ValueError("webhook-id must be non-empty, printable and without '.'")
+    when = datetime.fromtimestamp(timestamp, UTC)
+    text = body.decode()
     return {
         ID_HEADER: msg_id,
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: " ".join(sign(k, msg_id, timestamp, body) for k in keys),
+        SIGNATURE_HEADER: " ".join(Webhook(k).sign(msg_id, when, text) for k in keys),
     }

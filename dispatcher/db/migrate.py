@@ -12,11 +12,8 @@ from dispatcher.db.engine import wrap_db_errors
 
 
 def migrations_dir() -> Path:
-    """The ``migrations/`` folder, shipped inside the package as ``dispatcher/_migrations``."""
-    packaged = Path(__file__).resolve().parents[1] / "_migrations"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """The Alembic environment and revisions, inside the package (so a wheel has them)."""
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(database_url: str | None = None) -> Config:

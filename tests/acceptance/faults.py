@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+
+from tests.waiting import wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -82,17 +83,17 @@ class Dispatcher:
             stderr=self._log,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "dispatcher.serving" in self.log_path.read_text(errors="replace"):
-                return
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until it logs ``dispatcher.serving``; fails at once if it exits instead."""
+
+        def serving() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(
                     f"dispatcher exited: {self.log_path.read_text()[-2000:]}"
                 )
-            time.sleep(0.1)
-        raise AssertionError("dispatcher did not start")
+            return "dispatcher.serving" in self.log_path.read_text(errors="replace")
+
+        await wait_for(serving, "dispatcher.serving in its log", timeout=timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
@@ -105,3 +106,7 @@ class Dispatcher:
             self.process.kill()
             self.process.wait(10)
         self._log.close()
+
+
+#: The ``start`` fixture: ``await start(env, log_path)`` is a serving ``dispatcher serve``.
+Start = Callable[[dict[str, str], Path], Awaitable[Dispatcher]]

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.sinks.webhook import WebhookSink
-from tests.acceptance.faults import Dispatcher
+from tests.acceptance.faults import Dispatcher, Start
 from tests.acceptance.test_ingest_faults import env_for
 from tests.delivery.harness import Stack, event_to, webhook_channel
+from tests.waiting import NotYet, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,18 +44,17 @@ async def delivered(engine: AsyncEngine) -> int:
 
 
 async def wait_delivered(engine: AsyncEngine, expected: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    n = 0
-    while time.monotonic() < deadline:
+    """The number delivered once it reaches ``expected`` (callers assert not more)."""
+
+    async def reached() -> int | NotYet:
         n = await delivered(engine)
-        if n >= expected:
-            return n
-        await asyncio.sleep(0.2)
-    return n
+        return n if n >= expected else NotYet(n)
+
+    return await wait_for(reached, f"{expected} delivered", timeout=timeout)
 
 
 async def test_two_replicas_on_one_stream_never_send_a_delivery_twice(
-    start: Callable[[dict[str, str], Path], Dispatcher],
+    start: Start,
     make_settings: Callable[..., Any],
     database: str,
     engine: AsyncEngine,
@@ -67,7 +66,7 @@ async def test_two_replicas_on_one_stream_never_send_a_delivery_twice(
             sink.flaky(f"/{name}", 0.2)  # retries too, not only first tries
         config = write_config(tmp_path / "config.yaml", sink)
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
-        replicas = [start(env, tmp_path / f"replica-{n}.log") for n in (1, 2)]
+        replicas = [await start(env, tmp_path / f"replica-{n}.log") for n in (1, 2)]
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(300)]
         publisher = Stack(make_settings(database), engine, deliver=False)
         await publisher.publish(*events)
@@ -83,7 +82,7 @@ async def test_two_replicas_on_one_stream_never_send_a_delivery_twice(
 
 
 async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
-    start: Callable[[dict[str, str], Path], Dispatcher],
+    start: Start,
     make_settings: Callable[..., Any],
     database: str,
     engine: AsyncEngine,
@@ -104,10 +103,10 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
             critical_reserve=0,
         )
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
-        first = start(env, tmp_path / "first.log")
+        first = await start(env, tmp_path / "first.log")
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(40)]
         await Stack(make_settings(database), engine, deliver=False).publish(*events)
-        await sink.wait_for(20)
+        await wait_for(lambda: len(sink.requests()) >= 20, "20 requests at the sink")
         first.signal(signal.SIGKILL)
         # The sink runs on this test's event loop: block it (a plain wait) and requests
         # already sent sit unread, and attempts can even run into their deadline there.
@@ -117,7 +116,7 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
         # under way (or done) when the replica died.
         await asyncio.sleep(0.5)
         before_kill = {r.webhook_id for r in sink.requests()}
-        await asyncio.to_thread(start, env, tmp_path / "second.log")
+        await start(env, tmp_path / "second.log")
         done = await wait_delivered(engine, 120, timeout=120)
     assert done == 120
     assert len(sink.accepted) == 120  # every delivery reached its endpoint
@@ -159,13 +158,14 @@ async def test_ingest_and_one_channel_run_as_separate_processes(
         ]
         try:
             for process in processes:
-                process.wait_ready()
+                await process.wait_ready()
             events = [
                 event_to(("webhook", "crisis-line"), ("email", "team@example.org"))
                 for _ in range(5)
             ]
             await Stack(make_settings(database), engine, deliver=False).publish(*events)
             assert await wait_delivered(engine, 5, timeout=30) == 5
+            # An observation window, not a wait: no process may try the email rows.
             await asyncio.sleep(1.0)
             async with engine.connect() as conn:
                 rows = (

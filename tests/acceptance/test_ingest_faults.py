@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from sqlalchemy import text
 
 from dispatcher import topology
 from dispatcher.db.engine import create_engine
@@ -16,7 +15,13 @@ from dispatcher.publisher import Publisher
 from dispatcher.testing import event_bytes
 from tests.acceptance.faults import PrivatePostgres
 from tests.conftest import AMQP_URL
-from tests.integration.test_ingest_consumer import queue_depth, wait_for
+from tests.integration.test_ingest_consumer import (
+    count,
+    queue_depth,
+    wait_count,
+    wait_queue_empty,
+)
+from tests.waiting import NotYet, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,17 +93,12 @@ async def fresh_db(database: str) -> str:
     return database
 
 
-async def count(engine, sql: str) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(text(sql))).scalar_one())
-
-
 @pytest.mark.timeout(240)
 async def test_postgres_outage_mid_stream_loses_nothing(
     names, private_pg, private_engine, start, tmp_path, amqp
 ) -> None:
     """PostgreSQL stopped for 12 s in a 2,000-event stream: all stored once, DLQ empty."""
-    d = start(env_for(names, private_pg.url), tmp_path / "serve.log")
+    d = await start(env_for(names, private_pg.url), tmp_path / "serve.log")
     marks = {500: asyncio.Event()}
     publisher = asyncio.create_task(
         publish_paced(names["exchange"], events(2000), rate=200, on_count=marks)
@@ -109,7 +109,9 @@ async def test_postgres_outage_mid_stream_loses_nothing(
     await asyncio.to_thread(private_pg.start)
     await publisher
     assert (
-        await wait_for(private_engine, "SELECT count(*) FROM events", 2000, timeout=90)
+        await wait_count(
+            private_engine, "SELECT count(*) FROM events", 2000, timeout=90
+        )
         == 2000
     )
     assert await count(private_engine, "SELECT count(*) FROM deliveries") == 4000
@@ -121,9 +123,8 @@ async def test_postgres_outage_mid_stream_loses_nothing(
         == 2000
     )
     assert await count(private_engine, "SELECT count(*) FROM rejected_messages") == 0
-    await asyncio.sleep(0.5)
     prefix = names["queue_prefix"]
-    assert await queue_depth(amqp, topology.ingest_queue(prefix)) == 0
+    await wait_queue_empty(amqp, topology.ingest_queue(prefix))
     assert await queue_depth(amqp, topology.ingest_dlq(prefix)) == 0
     assert d.process.poll() is None, "the dispatcher must ride out the outage"
     log = d.log_path.read_text()
@@ -138,19 +139,22 @@ async def test_sigkill_mid_stream_then_restart_stores_every_event_once(
 ) -> None:
     """A dispatcher killed with SIGKILL mid-stream and restarted stores every event exactly once."""
     env = env_for(names, fresh_db)
-    first = start(env, tmp_path / "first.log")
+    first = await start(env, tmp_path / "first.log")
     publisher = asyncio.create_task(
         publish_paced(names["exchange"], events(2000), rate=400)
     )
-    assert await wait_for(engine, "SELECT count(*) FROM events", 300, timeout=60) >= 300
+    assert (
+        await wait_count(engine, "SELECT count(*) FROM events", 300, timeout=60) >= 300
+    )
     first.signal(signal.SIGKILL)
     first.wait(10)
     stored_at_kill = await count(engine, "SELECT count(*) FROM events")
     assert stored_at_kill < 2000, "the kill must land mid-stream"
-    start(env, tmp_path / "second.log")
+    await start(env, tmp_path / "second.log")
     await publisher
     assert (
-        await wait_for(engine, "SELECT count(*) FROM events", 2000, timeout=90) == 2000
+        await wait_count(engine, "SELECT count(*) FROM events", 2000, timeout=90)
+        == 2000
     )
     assert await count(engine, "SELECT count(*) FROM deliveries") == 4000
     assert (
@@ -159,8 +163,7 @@ async def test_sigkill_mid_stream_then_restart_stores_every_event_once(
         )
         == 2000
     )
-    await asyncio.sleep(0.5)
-    assert await queue_depth(amqp, topology.ingest_queue(names["queue_prefix"])) == 0
+    await wait_queue_empty(amqp, topology.ingest_queue(names["queue_prefix"]))
 
 
 @pytest.mark.timeout(240)
@@ -169,29 +172,28 @@ async def test_sigterm_acks_what_was_committed_and_exits_zero(
 ) -> None:
     """SIGTERM: stop consuming, commit and ack in-flight work, exit 0; nothing acked unstored."""
     env = env_for(names, fresh_db)
-    first = start(env, tmp_path / "first.log")
+    first = await start(env, tmp_path / "first.log")
     bodies = events(1500)
     publisher = asyncio.create_task(publish_paced(names["exchange"], bodies, rate=500))
-    assert await wait_for(engine, "SELECT count(*) FROM events", 200, timeout=60) >= 200
+    assert (
+        await wait_count(engine, "SELECT count(*) FROM events", 200, timeout=60) >= 200
+    )
     first.signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.wait, 40) == 0
     await publisher
     queue = topology.ingest_queue(names["queue_prefix"])
+
     # stored + still queued == published: no committed message left unacked (it would be
     # counted twice) and no unstored message acked (it would be missing).
-    total = -1
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        total = await count(engine, "SELECT count(*) FROM events") + await queue_depth(
-            amqp, queue
-        )
-        if total == len(bodies):
-            break
-        await asyncio.sleep(0.2)
-    assert total == len(bodies)
+    async def accounted_for() -> bool | NotYet:
+        stored = await count(engine, "SELECT count(*) FROM events")
+        total = stored + await queue_depth(amqp, queue)
+        return total == len(bodies) or NotYet({"stored": stored, "total": total})
+
+    await wait_for(accounted_for, "stored + queued == published", timeout=20)
     assert "dispatcher.ingest.stopped" in first.log_path.read_text()
-    start(env, tmp_path / "second.log")
-    assert await wait_for(
+    await start(env, tmp_path / "second.log")
+    assert await wait_count(
         engine, "SELECT count(*) FROM events", len(bodies), timeout=60
     ) == len(bodies)
     assert await count(

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ from dispatcher.api.auth import hash_token
 from dispatcher.api.config import ApiToken
 from tests.acceptance.faults import Dispatcher, free_port
 from tests.acceptance.test_ingest_faults import env_for
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -72,16 +72,16 @@ def healthz(port: int) -> int | None:
         return None
 
 
-def wait_healthz(port: int, process: Dispatcher) -> None:
-    deadline = time.monotonic() + 30
-    while healthz(port) != 200:
+async def wait_healthz(port: int, process: Dispatcher) -> None:
+    def answers() -> bool:
         assert process.process.poll() is None, process.log_path.read_text()[-2000:]
-        assert time.monotonic() < deadline, "the API did not answer"
-        time.sleep(0.1)
+        return healthz(port) == 200
+
+    await wait_for(answers, f"/healthz on port {port} to answer 200", timeout=30)
 
 
 @pytest.mark.usefixtures("cleanup_broker")
-def test_serve_runs_the_api_and_stops_on_sigterm(
+async def test_serve_runs_the_api_and_stops_on_sigterm(
     names: dict[str, str], database: str, tmp_path: Path
 ) -> None:
     """`dispatcher serve` answers /healthz on api.port and exits 0 on SIGTERM."""
@@ -89,8 +89,8 @@ def test_serve_runs_the_api_and_stops_on_sigterm(
     env = {**env_for(names, database), "DISPATCHER_API__PORT": str(port)}
     serve = Dispatcher(env, tmp_path / "serve.log")
     try:
-        serve.wait_ready()
-        wait_healthz(port, serve)
+        await serve.wait_ready()
+        await wait_healthz(port, serve)
         serve.signal(signal.SIGTERM)
         assert serve.wait(40) == 0
         assert healthz(port) is None
@@ -99,7 +99,7 @@ def test_serve_runs_the_api_and_stops_on_sigterm(
 
 
 @pytest.mark.usefixtures("cleanup_broker")
-def test_serve_no_api_serves_no_api(
+async def test_serve_no_api_serves_no_api(
     names: dict[str, str], database: str, tmp_path: Path
 ) -> None:
     """With --no-api, serve runs ingest but listens on no API port."""
@@ -107,20 +107,20 @@ def test_serve_no_api_serves_no_api(
     env = {**env_for(names, database), "DISPATCHER_API__PORT": str(port)}
     serve = Dispatcher(env, tmp_path / "serve.log", ["serve", "--no-api"])
     try:
-        serve.wait_ready()
+        await serve.wait_ready()
         assert healthz(port) is None
         assert "dispatcher.api.started" not in serve.log_path.read_text()
     finally:
         serve.close()
 
 
-def test_api_command_serves_alone(database: str, tmp_path: Path) -> None:
+async def test_api_command_serves_alone(database: str, tmp_path: Path) -> None:
     """`dispatcher api` serves the API without ingest, until SIGTERM."""
     port = free_port()
     env = {"DISPATCHER_DATABASE_URL": database, "DISPATCHER_API__PORT": str(port)}
     api = Dispatcher({**os.environ, **env}, tmp_path / "api.log", ["api"])
     try:
-        wait_healthz(port, api)
+        await wait_healthz(port, api)
         assert "dispatcher.ingest.started" not in api.log_path.read_text()
         api.signal(signal.SIGTERM)
         assert api.wait(30) == 0

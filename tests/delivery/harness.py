@@ -5,8 +5,6 @@ delivered by the real channel workers to local servers that speak SMTP, the Twil
 HTTP. Nothing of ours is replaced; only the far ends are local.
 """
 
-import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -21,6 +19,7 @@ from dispatcher.events.kinds import ChannelKind
 from dispatcher.publisher import Publisher
 from dispatcher.settings import Settings
 from dispatcher.testing import make_event
+from tests.waiting import NotYet, wait_for
 
 #: Whsec secret for every test endpoint (24 zero bytes, base64); not a real secret.
 SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -158,7 +157,7 @@ class Stack:
             ids=list(event_ids),
         )
 
-    async def wait_for(
+    async def wait_deliveries(
         self,
         predicate: Callable[[list[Any]], bool],
         *,
@@ -166,23 +165,47 @@ class Stack:
         timeout: float = 30.0,
         what: str = "condition",
     ) -> list[Any]:
-        """Poll the deliveries until ``predicate`` holds; fail with their states if not."""
+        """The deliveries once ``predicate`` holds; fails with their states if it never does."""
         ids = None if event_ids is None else list(event_ids)
-        deadline = time.monotonic() + timeout
-        rows: list[Any] = []
-        while time.monotonic() < deadline:
+
+        async def holds() -> list[Any] | NotYet:
             rows = await self.deliveries(ids)
             if rows and predicate(rows):
                 return rows
-            await asyncio.sleep(0.05)
-        states = sorted((r.channel, r.recipient, r.status, r.attempts) for r in rows)
-        raise AssertionError(f"timed out waiting for {what}; deliveries: {states}")
+            return NotYet(
+                sorted((r.channel, r.recipient, r.status, r.attempts) for r in rows)
+            )
+
+        return await wait_for(holds, what, timeout=timeout)
+
+    async def wait_listening_and_swept(self) -> None:
+        """Until the LISTEN connection is up and every channel worker's first claim (its
+        start-up sweep) has returned: from then on only a notification, a freed slot or
+        the next sweep starts a claim."""
+        assert self.delivery is not None
+        await wait_for(
+            self.delivery.waker.connected, "the LISTEN connection", timeout=10
+        )
+        workers = len(self.delivery.workers)
+
+        async def returned() -> bool | NotYet:
+            # A worker keeps its claim connection, idle after the claim: a single
+            # statement on deliveries. Ingest and the dead-letter sweep end theirs with
+            # COMMIT, the waker with LISTEN, the pool's pre-ping with SELECT 1.
+            (row,) = await self.rows(
+                "SELECT count(*) AS n FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state = 'idle' AND query LIKE '%FROM deliveries%'"
+            )
+            return row.n >= workers or NotYet(row.n)
+
+        await wait_for(returned, "the workers' first claims to return", timeout=10)
 
     async def wait_final(
         self, event_ids: Iterable[uuid.UUID], *, count: int, timeout: float = 30.0
     ) -> list[Any]:
         """Wait until ``count`` deliveries of these events are delivered or dead."""
-        return await self.wait_for(
+        return await self.wait_deliveries(
             lambda rows: len(rows) == count and all(r.status in FINAL for r in rows),
             event_ids=event_ids,
             timeout=timeout,

@@ -56,7 +56,7 @@ async def test_smtp_timing_out_during_a_crisis_delays_only_email(
         (event_id,) = await s.publish(
             event_to(TEAM, ON_CALL, MONITOR, severity="critical")
         )
-        rows = await s.wait_for(
+        rows = await s.wait_deliveries(
             lambda rows: (
                 by_channel(rows)["sms"].status == "delivered"
                 and by_channel(rows)["webhook"].status == "delivered"
@@ -90,7 +90,7 @@ async def test_sms_gateway_unreachable_email_and_webhook_still_sent(
         (event_id,) = await s.publish(
             event_to(TEAM, ON_CALL, MONITOR, severity="critical")
         )
-        rows = await s.wait_for(
+        rows = await s.wait_deliveries(
             lambda rows: (
                 by_channel(rows)["email"].status == "delivered"
                 and by_channel(rows)["webhook"].status == "delivered"
@@ -119,7 +119,7 @@ async def test_every_channel_down_nothing_lost_everything_delivered_after_recove
         ids = await s.publish(
             *(event_to(TEAM, ON_CALL, MONITOR, severity="critical") for _ in range(5))
         )
-        rows = await s.wait_for(
+        rows = await s.wait_deliveries(
             lambda rows: (
                 len(rows) == 15
                 and all(r.last_error_class == "connection" for r in rows)

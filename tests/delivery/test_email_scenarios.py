@@ -86,7 +86,7 @@ async def test_no_reply_to_the_final_dot_is_indeterminate_and_retried_with_the_s
     }
     async with stack(channels={"email": channel}) as s:
         ids = await s.publish(event_to(_to(1)))
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: rows[0].last_error_class == "indeterminate",
             event_ids=ids,
             what="an indeterminate attempt",
@@ -148,7 +148,7 @@ async def test_a_critical_email_does_not_queue_behind_low_severity_mail(
     async with stack(channels={"email": channel}) as s:
         await s.publish(*(event_to(_to(n), severity="low") for n in range(40)))
         # Every general slot taken: the connections busy, the rest waiting for one.
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: sum(r.status == "in_flight" for r in rows) >= 14,
             what="low-severity mail in flight",
         )

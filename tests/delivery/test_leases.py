@@ -243,7 +243,7 @@ async def test_claims_whose_outcome_never_came_back_use_up_the_attempt_budget(
     settings = make_settings(database, channels=config)
     async with Stack(settings, engine, deliver=False) as ingest:
         (event_id,) = await ingest.publish(event_to(MONITOR))
-        await ingest.wait_for(lambda rows: len(rows) == 1, event_ids=[event_id])
+        await ingest.wait_deliveries(lambda rows: len(rows) == 1, event_ids=[event_id])
     # A replica that claimed it max_attempts times and never recorded an outcome (its
     # sends may all have reached the endpoint).
     async with engine.connect() as conn:

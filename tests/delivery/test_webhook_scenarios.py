@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import SECRET, StackFactory, event_to, webhook_channel
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -34,7 +35,7 @@ async def test_one_failing_endpoint_of_three_does_not_hold_back_the_others(
         ids = await s.publish(
             *(event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(5))
         )
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: (
                 sum(r.status == "delivered" for r in rows) == 10
                 # Retrying: once its breaker opens, one delivery is the probe and the
@@ -91,30 +92,26 @@ async def test_404_is_dead_lettered_after_one_attempt_and_mirrored_to_the_dlq(
         assert body["error_class"] == "provider_permanent"
         assert "case-system" not in message.body.decode()  # ids only, no recipient
         await message.ack()
-        marked = None  # set once the broker confirmed, so no sweep resends it
-        for _ in range(100):
+
+        async def marked() -> object:
             (found,) = await s.rows(
                 "SELECT mirrored_at FROM deliveries WHERE id = :id", id=row.id
             )
-            marked = found.mirrored_at
-            if marked is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert marked is not None
+            return found.mirrored_at
+
+        # Set once the broker confirmed, so no sweep resends it.
+        await wait_for(marked, "the dead letter marked as mirrored", timeout=5)
     assert len(webhook_sink.requests("/case-system")) == 1
 
 
 async def _get(
     queue: aio_pika.abc.AbstractQueue,
 ) -> aio_pika.abc.AbstractIncomingMessage:
-    import asyncio
-
-    for _ in range(100):
-        message = await queue.get(fail=False)
-        if message is not None:
-            return message
-        await asyncio.sleep(0.05)
-    raise AssertionError("no dead-letter message in the DLQ mirror")
+    message = await wait_for(
+        lambda: queue.get(fail=False), "a dead letter in the DLQ mirror", timeout=5
+    )
+    assert message is not None
+    return message
 
 
 async def test_429_retry_after_is_honoured(
@@ -146,14 +143,10 @@ async def test_breaker_opens_makes_no_calls_while_open_probes_and_closes(
         ids = await s.publish(
             *(event_to(("webhook", "safety-monitor")) for _ in range(6))
         )
-        await s.wait_for(lambda _rows: True, event_ids=ids, what="stored")
-        import asyncio
-
-        for _ in range(100):
-            if len(await s.audit("breaker.transition")) >= 1:
-                break
-            await asyncio.sleep(0.05)
-        (opened,) = await s.audit("breaker.transition")
+        await s.wait_deliveries(lambda _rows: True, event_ids=ids, what="stored")
+        (opened,) = await wait_for(
+            lambda: s.audit("breaker.transition"), "the breaker to open", timeout=5
+        )
         assert (opened.detail["new"], opened.detail["reason"]) == (
             "open",
             "consecutive_failures",
@@ -190,7 +183,7 @@ async def test_endpoint_that_never_answers_ends_at_the_deadline_others_unaffecte
                 for _ in range(3)
             )
         )
-        rows = await s.wait_for(
+        rows = await s.wait_deliveries(
             lambda rows: (
                 sum(r.status == "delivered" for r in rows) == 3
                 and all(
@@ -240,7 +233,7 @@ async def test_critical_deliveries_do_not_wait_behind_a_low_severity_backlog(
     ]
     async with stack(channels=config) as s:
         await s.publish(*backlog)
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: (
                 len(rows) == 5000 and any(r.status == "delivered" for r in rows)
             ),
@@ -274,7 +267,7 @@ async def test_a_scheduled_retry_survives_a_restart(
     config = channels(webhook_sink, retry=slow_retry)
     async with stack(channels=config) as s:
         (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
-        (row,) = await s.wait_for(
+        (row,) = await s.wait_deliveries(
             lambda rows: rows[0].status == "pending" and rows[0].attempts == 1,
             event_ids=[event_id],
             what="first attempt failed and a retry scheduled",
@@ -304,8 +297,11 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
         stuck = await s.publish(
             *(event_to(("webhook", "case-system")) for _ in range(20))
         )
-        async with asyncio.timeout(10):
-            await webhook_sink.wait_for(4, "/case-system")
+        await wait_for(
+            lambda: len(webhook_sink.requests("/case-system")) >= 4,
+            "4 requests held by the hanging endpoint",
+            timeout=10,
+        )
         healthy = await s.publish(
             *(event_to(("webhook", "crisis-line")) for _ in range(5))
         )
@@ -324,10 +320,7 @@ async def test_new_deliveries_wake_the_worker_through_listen_notify(
     """With a 30 s sweep, only the ingest commit's NOTIFY can start the send promptly."""
     config = channels(webhook_sink, poll_interval=30.0)
     async with stack(channels=config) as s:
-        assert s.delivery is not None
-        async with asyncio.timeout(10):
-            await s.delivery.waker.connected.wait()
-        await asyncio.sleep(0.5)  # the worker's first sweep is over; it now waits 30 s
+        await s.wait_listening_and_swept()  # the next sweep is 30 s away
         (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
         (row,) = await s.wait_final([event_id], count=1, timeout=10)
     assert row.status == "delivered"
@@ -358,10 +351,7 @@ async def test_a_freed_slot_starts_the_next_claim_without_waiting_for_the_sweep(
     webhook_sink.trickle("/case-system", size=2, interval=0.1)  # ~0.2 s per request
     config = channels(webhook_sink, poll_interval=30.0, **limits)
     async with stack(channels=config) as s:
-        assert s.delivery is not None
-        async with asyncio.timeout(10):
-            await s.delivery.waker.connected.wait()
-        await asyncio.sleep(0.5)  # the first sweep is over; the next one is 30 s away
+        await s.wait_listening_and_swept()  # the next sweep is 30 s away
         # Their notifications all arrive while the first attempt is still open: after
         # that, only a freed slot can start the claims of the rest.
         ids = await s.publish(
@@ -398,7 +388,6 @@ async def test_the_sweep_finds_deliveries_no_notification_announced(
     """A delivery made due without NOTIFY (here: a stored retry time passing) is swept."""
     config = channels(webhook_sink, poll_interval=0.3)
     async with stack(channels=config) as s:
-        await asyncio.sleep(0.5)
         (event_id,) = await s.publish(event_to(("webhook", "crisis-line")))
         await s.wait_final([event_id], count=1)
         # Put it back as if a retry were scheduled 1 s ahead: nothing will notify for it.
@@ -409,7 +398,7 @@ async def test_the_sweep_finds_deliveries_no_notification_announced(
                     " next_attempt_at = now() + interval '1 second'"
                 )
             )
-        rows = await s.wait_for(
+        rows = await s.wait_deliveries(
             lambda rows: rows[0].status == "delivered" and rows[0].attempts == 2,
             event_ids=[event_id],
             what="the swept retry delivered",
@@ -436,8 +425,7 @@ async def test_a_backlog_is_claimed_in_batches_not_one_claim_per_freed_slot(
     async with stack(channels=config) as s:
         assert s.delivery is not None
         worker = s.delivery.workers[ChannelKind.WEBHOOK]
-        async with asyncio.timeout(10):
-            await s.delivery.waker.connected.wait()
+        await wait_for(s.delivery.waker.connected, "the LISTEN connection", timeout=10)
         ids: list[uuid.UUID] = []
         for _ in range(16):  # staggered, so the slots free one at a time from now on
             ids += await s.publish(event_to(("webhook", "case-system")))
@@ -482,7 +470,7 @@ async def test_a_backlog_for_one_endpoint_drains_on_freed_slots_alone(
     ]
     async with stack(channels=config, deliver=False) as s:
         ids = await s.publish(*backlog)
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: len(rows) == 300, event_ids=ids, what="backlog stored"
         )
     async with stack(channels=config) as s:
@@ -504,7 +492,7 @@ async def test_a_capped_endpoints_backlog_is_claimed_a_quarter_of_its_cap_at_a_t
     ]
     async with stack(channels=config, deliver=False) as s:
         ids = await s.publish(*backlog)
-        await s.wait_for(
+        await s.wait_deliveries(
             lambda rows: len(rows) == 200, event_ids=ids, what="backlog stored"
         )
     async with stack(channels=config) as s:

@@ -31,6 +31,7 @@ from dispatcher.errors import (
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.testing import make_message
+from tests.waiting import wait_for
 
 CANARY = "canary-pii-7d2e@example.org"
 
@@ -39,12 +40,6 @@ MakeChannel = Callable[..., SmtpChannel]
 
 def _message(**overrides: Any) -> OutboundMessage:
     return make_message(**{"recipient": CANARY, **overrides})
-
-
-async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -334,7 +329,9 @@ def _low(**overrides: Any) -> OutboundMessage:
 
 
 async def _received(sink: SmtpSink, count: int) -> None:
-    await _eventually(lambda: len(sink.received) >= count, timeout=10)
+    await wait_for(
+        lambda: len(sink.received) >= count, f"{count} messages at the sink", timeout=10
+    )
 
 
 async def test_critical_send_takes_the_reserved_connection_at_once(
@@ -480,7 +477,9 @@ async def test_aclose_closes_pooled_connections(
     await channel.send(_message())
     assert sink.open_connections == 1
     await channel.aclose()
-    await _eventually(lambda: sink.open_connections == 0)
+    await wait_for(
+        lambda: sink.open_connections == 0, "the relay to see the connection close"
+    )
 
 
 async def test_no_address_in_logs(

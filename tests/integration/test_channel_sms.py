@@ -24,6 +24,7 @@ from dispatcher.errors import (
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.twilio import TwilioSink
 from dispatcher.testing import make_message
+from tests.waiting import wait_for
 
 SID = "AC" + uuid.uuid4().hex
 TOKEN = "tok_canary_" + uuid.uuid4().hex
@@ -262,9 +263,9 @@ async def test_aclose_closes_session(
     await channel.send(_message())
     assert sink.open_connections == 1
     await channel.aclose()
-    async with asyncio.timeout(2):
-        while sink.open_connections:
-            await asyncio.sleep(0.01)
+    await wait_for(
+        lambda: sink.open_connections == 0, "the server to see the connection close"
+    )
 
 
 async def test_no_number_token_or_sid_in_logs(

@@ -9,11 +9,13 @@ import aio_pika
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.outbox.store import DeadLettered
 from tests.conftest import AMQP_URL
 from tests.integration.test_outbox_store import seed, seed_many
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -77,11 +79,9 @@ async def test_the_sweep_mirrors_dead_letters_the_broker_never_got_once(
     )
     await mirror.start()
     try:
-        for _ in range(100):
-            if mirror.confirmed >= 2:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.6)  # several more sweeps: nothing is published twice
+        await wait_for(lambda: mirror.confirmed >= 2, "both dead letters confirmed")
+        # An observation window, not a wait: several more sweeps publish nothing twice.
+        await asyncio.sleep(0.6)
     finally:
         await mirror.stop()
     assert mirror.confirmed == 2
@@ -112,10 +112,21 @@ async def test_a_dead_letter_the_broker_refused_is_not_marked_and_goes_again(
     try:
         await channel.exchange_delete(f"{prefix}.dlq")
         delivery = await _dead_letter(engine, channel="sms", recipient="+15550000001")
-        first.add(
-            [DeadLettered(delivery, uuid.uuid4(), "sms", 3, "provider_transient", None)]
-        )
-        await asyncio.sleep(0.5)
+        with capture_logs() as logs:
+            first.add(
+                [
+                    DeadLettered(
+                        delivery, uuid.uuid4(), "sms", 3, "provider_transient", None
+                    )
+                ]
+            )
+            await wait_for(
+                lambda: any(
+                    e["event"] == "dispatcher.delivery.dlq_mirror_failed" for e in logs
+                ),
+                "the refused publish",
+                timeout=10,
+            )
         assert first.confirmed == 0
     finally:
         await first.stop()
@@ -126,10 +137,7 @@ async def test_a_dead_letter_the_broker_refused_is_not_marked_and_goes_again(
     )
     await second.start()  # declares the exchange and bindings again
     try:
-        for _ in range(100):
-            if second.confirmed:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: second.confirmed, "the second replica's sweep")
     finally:
         await second.stop()
     assert second.confirmed == 1
@@ -157,11 +165,12 @@ async def test_replicas_sweeping_at_once_mirror_each_dead_letter_once(
     ]
     await asyncio.gather(*(m.start() for m in mirrors))
     try:
-        for _ in range(200):
-            if sum(m.confirmed for m in mirrors) >= 400:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.6)  # more sweeps by both
+        await wait_for(
+            lambda: sum(m.confirmed for m in mirrors) >= 400,
+            "400 dead letters confirmed",
+        )
+        # An observation window, not a wait: more sweeps by both publish nothing twice.
+        await asyncio.sleep(0.6)
     finally:
         await asyncio.gather(*(m.stop() for m in mirrors))
     assert sum(m.confirmed for m in mirrors) == 400

@@ -1,8 +1,6 @@
 """Ingest end to end through real RabbitMQ and PostgreSQL, in-process."""
 
-import asyncio
 import json
-import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +16,7 @@ from dispatcher.testing import event_bytes
 from tests.conftest import AMQP_URL
 from tests.tcp_relay import TcpRelay
 from tests.unit.test_parse import MALFORMED
+from tests.waiting import NotYet, wait_for
 
 pytestmark = [
     pytest.mark.postgres,
@@ -32,17 +31,19 @@ WEBHOOKS = {
 }
 
 
-async def wait_for(engine, sql: str, expected: int, timeout: float = 30.0) -> int:
-    """Poll a count until it reaches ``expected`` or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    value = -1
-    while time.monotonic() < deadline:
-        async with engine.connect() as conn:
-            value = int((await conn.execute(text(sql))).scalar_one())
-        if value >= expected:
-            return value
-        await asyncio.sleep(0.05)
-    return value
+async def count(engine, sql: str) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(sql))).scalar_one())
+
+
+async def wait_count(engine, sql: str, expected: int, timeout: float = 30.0) -> int:
+    """The count of ``sql`` once it reaches ``expected`` (callers assert it is not more)."""
+
+    async def reached() -> int | NotYet:
+        value = await count(engine, sql)
+        return value if value >= expected else NotYet(value)
+
+    return await wait_for(reached, f"{sql!r} to reach {expected}", timeout=timeout)
 
 
 async def queue_depth(amqp, name: str) -> int:
@@ -52,6 +53,21 @@ async def queue_depth(amqp, name: str) -> int:
         return int(queue.declaration_result.message_count or 0)
     finally:
         await channel.close()
+
+
+async def wait_queue_empty(amqp, name: str, timeout: float = 30.0) -> None:
+    """Until no message of queue ``name`` is ready (all delivered; acked ones are gone)."""
+
+    async def empty() -> bool | NotYet:
+        depth = await queue_depth(amqp, name)
+        return depth == 0 or NotYet(depth)
+
+    await wait_for(empty, f"queue {name} to be empty", timeout=timeout)
+
+
+def acked(service: IngestService) -> int:
+    """Messages acked so far: the acker's watermark, over every channel it acked on."""
+    return sum(state.acked for state in service.acker._channels.values())
 
 
 @pytest.fixture
@@ -80,12 +96,12 @@ async def test_events_are_stored_then_acked_in_batches(service, engine, amqp) ->
         for n in range(300)
     ]
     await publish(service.settings, bodies)
-    assert await wait_for(engine, "SELECT count(*) FROM events", 300) == 300
-    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 300) == 300
-    await asyncio.sleep(0.2)
-    assert (
-        await queue_depth(amqp, topology.ingest_queue(service.settings.queue_prefix))
-        == 0
+    assert await wait_count(engine, "SELECT count(*) FROM events", 300) == 300
+    assert await wait_count(engine, "SELECT count(*) FROM deliveries", 300) == 300
+    await wait_queue_empty(amqp, topology.ingest_queue(service.settings.queue_prefix))
+    await wait_for(
+        lambda: acked(service) >= 300 or NotYet(acked(service)),
+        "all 300 messages acked",
     )
     assert 1 <= service.acker.acks_sent < 300, "acks must be multiple-acks per batch"
 
@@ -98,7 +114,9 @@ async def test_every_malformed_kind_becomes_one_rejected_row(
     await publish(service.settings, bodies)
     valid = event_bytes()
     await publish(service.settings, [(valid, "crisis.detected")])
-    n = await wait_for(engine, "SELECT count(*) FROM rejected_messages", len(MALFORMED))
+    n = await wait_count(
+        engine, "SELECT count(*) FROM rejected_messages", len(MALFORMED)
+    )
     async with engine.connect() as conn:
         got = sorted(
             (await conn.execute(text("SELECT reason FROM rejected_messages"))).scalars()
@@ -108,17 +126,13 @@ async def test_every_malformed_kind_becomes_one_rejected_row(
     assert n == len(MALFORMED), collections.Counter(
         r.value for _, _, r in MALFORMED
     ) - collections.Counter(got)
-    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
+    assert await wait_count(engine, "SELECT count(*) FROM events", 1) == 1
     async with engine.connect() as conn:
         reasons = sorted(
             (await conn.execute(text("SELECT reason FROM rejected_messages"))).scalars()
         )
     assert reasons == sorted(r.value for _, _, r in MALFORMED)
-    await asyncio.sleep(0.2)
-    assert (
-        await queue_depth(amqp, topology.ingest_queue(service.settings.queue_prefix))
-        == 0
-    )
+    await wait_queue_empty(amqp, topology.ingest_queue(service.settings.queue_prefix))
 
 
 async def test_duplicate_publish_is_idempotent(service, engine) -> None:
@@ -126,13 +140,13 @@ async def test_duplicate_publish_is_idempotent(service, engine) -> None:
     body = event_bytes(recipients=[{"channel": "sms", "to": "+15551234567"}])
     await publish(service.settings, [(body, "crisis.detected")] * 3)
     assert (
-        await wait_for(
+        await wait_count(
             engine, "SELECT count(*) FROM audit_log WHERE kind = 'event.duplicate'", 2
         )
         == 2
     )
-    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
-    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 1) == 1
+    assert await wait_count(engine, "SELECT count(*) FROM events", 1) == 1
+    assert await wait_count(engine, "SELECT count(*) FROM deliveries", 1) == 1
 
 
 async def test_routing_rules_add_recipients(
@@ -169,7 +183,7 @@ async def test_routing_rules_add_recipients(
                 (other, "wellbeing.checkin"),
             ],
         )
-        assert await wait_for(engine, "SELECT count(*) FROM events", 3) == 3
+        assert await wait_count(engine, "SELECT count(*) FROM events", 3) == 3
     finally:
         await service.stop()
     async with engine.connect() as conn:
@@ -212,9 +226,9 @@ async def test_dead_lettered_messages_are_consumed_not_lost(
     )
     await dlx.publish(aio_pika.Message(b"garbage"), routing_key="crisis.detected")
     await channel.close()
-    assert await wait_for(engine, "SELECT count(*) FROM events", 1) == 1
+    assert await wait_count(engine, "SELECT count(*) FROM events", 1) == 1
     assert (
-        await wait_for(
+        await wait_count(
             engine,
             "SELECT count(*) FROM rejected_messages WHERE source = 'ingest_dlq'",
             1,
@@ -228,13 +242,10 @@ async def test_dead_lettered_messages_are_consumed_not_lost(
             )
         ).scalar_one()
     assert detail["source"] == "ingest_dlq"
-    await asyncio.sleep(0.2)
-    assert (
-        await queue_depth(amqp, topology.ingest_dlq(service.settings.queue_prefix)) == 0
-    )
+    await wait_queue_empty(amqp, topology.ingest_dlq(service.settings.queue_prefix))
     # Ready is 0 once delivered; that they were acked too shows here (nothing else
     # was consumed in this test), since a failed ack is not counted.
-    assert service.acker.acks_sent >= 1
+    await wait_for(lambda: service.acker.acks_sent >= 1, "the dead letters acked")
 
 
 async def test_ingest_queue_is_quorum_with_delivery_limit_and_dlx(
@@ -306,15 +317,15 @@ async def test_broker_connection_reset_restores_the_consumer_and_loses_nothing(
                 for k in ["crisis.detected"] * 200
             ]
             await publish(settings, events[:100])  # straight to the broker
-            assert await wait_for(engine, "SELECT count(*) FROM events", 100) == 100
+            assert await wait_count(engine, "SELECT count(*) FROM events", 100) == 100
             assert await ingest_delivery_callback(service) == service.router.on_delivery
             relay.reset()
             await publish(settings, events[100:])
-            assert await wait_for(engine, "SELECT count(*) FROM events", 200) == 200
+            assert await wait_count(engine, "SELECT count(*) FROM events", 200) == 200
             assert relay.connections >= 2, "the dispatcher reconnected"
             assert await ingest_delivery_callback(service) == service.router.on_delivery
         finally:
             await service.stop()
     # Stopped and disconnected: anything left unacked would be back in the queue.
     assert await queue_depth(amqp, topology.ingest_queue(settings.queue_prefix)) == 0
-    assert await wait_for(engine, "SELECT count(*) FROM deliveries", 200) == 200
+    assert await wait_count(engine, "SELECT count(*) FROM deliveries", 200) == 200

@@ -17,6 +17,7 @@ from dispatcher.events.routing import Route
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming
 from dispatcher.testing import event_bytes
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 LIMIT = 262_144
@@ -198,8 +199,6 @@ async def test_one_item_postgres_refuses_does_not_fail_its_batch(engine) -> None
 
 async def test_new_deliveries_notify_their_channel(engine, database) -> None:
     """Committing deliveries sends one NOTIFY per channel for the workers to wake on."""
-    import asyncio
-
     import asyncpg
 
     received: list[str] = []
@@ -222,7 +221,7 @@ async def test_new_deliveries_notify_their_channel(engine, database) -> None:
                 incoming(event_bytes(recipients=RECIPIENTS[:1])),
             ],
         )
-        await asyncio.wait_for(got.wait(), 5)
+        await wait_for(got, "a NOTIFY for each channel", timeout=5)
     finally:
         await conn.close()
     assert sorted(received) == [ChannelKind.EMAIL.value, ChannelKind.SMS.value]
@@ -235,21 +234,18 @@ class Committed:
         self.tokens: list[str] = []
         self.calls = 0
         self._fail_first = fail_first
-        self._changed = asyncio.Event()
 
     async def __call__(self, tokens: list[str]) -> None:
         self.calls += 1
-        self._changed.set()
         if self.calls <= self._fail_first:
             raise RuntimeError("on_commit failed")
         self.tokens.extend(tokens)
 
     async def wait(self, *, tokens: int = 0, calls: int = 0) -> None:
-        # A deadline only so that a stalled writer fails the test instead of hanging it.
-        async with asyncio.timeout(30):
-            while len(self.tokens) < tokens or self.calls < calls:
-                self._changed.clear()
-                await self._changed.wait()
+        await wait_for(
+            lambda: len(self.tokens) >= tokens and self.calls >= calls,
+            f"{tokens} committed tokens and {calls} on_commit calls",
+        )
 
 
 def refused_by_postgres(item: Incoming) -> Incoming:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from dispatcher.app import IngestService
 from dispatcher.logs import configure_logging
 from dispatcher.testing import event_bytes
-from tests.integration.test_ingest_consumer import WEBHOOKS, publish, wait_for
+from tests.integration.test_ingest_consumer import WEBHOOKS, publish, wait_count
 
 pytestmark = [
     pytest.mark.postgres,
@@ -58,12 +58,12 @@ async def test_canary_pii_never_reaches_the_logs(
         await service.start()
         try:
             await publish(settings, [(m, "crisis.detected") for m in messages])
-            await wait_for(
+            await wait_count(
                 engine,
                 "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM rejected_messages)",
                 6,
             )
-            await wait_for(
+            await wait_count(
                 engine,
                 "SELECT count(*) FROM audit_log WHERE kind IN ('event.duplicate', 'event.conflict')",
                 2,
@@ -102,8 +102,8 @@ async def test_unknown_key_names_are_stored_nowhere_but_the_body(
         await service.start()
         try:
             await publish(settings, [(m, "crisis.detected") for m in messages])
-            await wait_for(engine, "SELECT count(*) FROM rejected_messages", 2)
-            await wait_for(
+            await wait_count(engine, "SELECT count(*) FROM rejected_messages", 2)
+            await wait_count(
                 engine,
                 "SELECT count(*) FROM audit_log WHERE kind = 'message.rejected'",
                 2,

@@ -23,6 +23,7 @@ from dispatcher.outbox.store import (
     renew,
 )
 from dispatcher.testing import make_event
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -393,7 +394,13 @@ async def test_expired_lease_is_claimed_again_and_late_result_is_fenced_off(
 ) -> None:
     delivery = await seed(engine)
     (first,) = await claim_now(engine, lease_seconds=0.2, owner="died")
-    await asyncio.sleep(0.4)
+
+    async def lease_expired() -> bool:
+        async with engine.connect() as conn:
+            sql = "SELECT next_attempt_at <= now() FROM deliveries WHERE id = :id"
+            return bool((await conn.execute(text(sql), {"id": delivery})).scalar_one())
+
+    await wait_for(lease_expired, "the 0.2 s lease to expire")
     (second,) = await claim_now(engine, owner="alive")
     assert second.id == delivery
     assert second.lease_token != first.lease_token

@@ -1,27 +1,13 @@
 """Migrations: upgrade from empty, models and migrations agree, and a round trip."""
 
-import uuid
-
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from dispatcher.db import migrate
-from dispatcher.db.engine import create_engine
 from dispatcher.db.models import Base
-from tests.conftest import _admin, database_url
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def empty_engine(template_database):
-    name = f"dispatcher_m_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    engine = create_engine(database_url(name), pool_size=1)
-    yield engine
-    await engine.dispose()
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _tables(engine) -> set[str]:

@@ -1,24 +1,56 @@
-"""A serving replica keeps its start-up heap out of the garbage collector's full passes."""
+"""A serving replica keeps its start-up heap out of the garbage collector's full passes.
+
+The replica runs in a child process: it stops on SIGTERM, and a SIGTERM sent to the
+pytest process itself would end the whole run if the handler were not installed (yet, or
+any more), besides freezing pytest's own heap.
+"""
 
 import asyncio
-import gc
-import os
 import signal
+import sys
 
+from tests.waiting import wait_for
+
+REPLICA = """
+import asyncio, gc
 from dispatcher.app import run_until_signalled
 from dispatcher.db.engine import create_engine
 
+engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")  # never used
+asyncio.run(run_until_signalled([], engine))
+print("frozen", gc.get_freeze_count(), flush=True)
+"""
+
 
 async def test_serving_freezes_what_start_up_built() -> None:
-    """Once serving, start-up objects are frozen: full collections no longer walk them."""
-    gc.unfreeze()
-    engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")  # never used
-    serving = asyncio.create_task(run_until_signalled([], engine))
+    """Once serving, start-up objects are frozen; SIGTERM then stops it cleanly."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        REPLICA,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    stdout = child.stdout
+    assert stdout is not None
+    output: list[bytes] = []
+
+    async def serving() -> bool:
+        line = await stdout.readline()
+        if not line:
+            raise AssertionError(b"the replica exited:\n" + b"".join(output))
+        output.append(line)
+        return b"dispatcher.serving" in line
+
     try:
-        async with asyncio.timeout(10):
-            while gc.get_freeze_count() == 0:
-                await asyncio.sleep(0.01)
+        await wait_for(serving, "the replica to log dispatcher.serving", interval=0)
+        child.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest, _ = await child.communicate()
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)  # the replica's own stop signal
-        await serving
-        gc.unfreeze()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0, b"".join(output) + rest
+    (frozen,) = [line for line in rest.splitlines() if line.startswith(b"frozen ")]
+    assert int(frozen.split()[1]) > 0
