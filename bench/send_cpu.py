@@ -34,10 +34,12 @@ import uvloop
 from e2e import SECRET, SMS_SID, SMS_TOKEN, free_port
 
 from dispatcher.channels.base import Channel, OutboundMessage
-from dispatcher.channels.config import WebhookChannelConfig
-from dispatcher.channels.email import SmtpChannel, SmtpProvider
-from dispatcher.channels.sms import TwilioChannel, TwilioProvider
+from dispatcher.channels.email import SmtpChannel
+from dispatcher.channels.email_config import SmtpProvider
+from dispatcher.channels.sms import TwilioChannel
+from dispatcher.channels.sms_config import TwilioProvider
 from dispatcher.channels.webhook import WebhookChannel
+from dispatcher.channels.webhook_config import WebhookChannelConfig
 from dispatcher.testing import make_message
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.channels import email, sms
 from dispatcher.channels.base import Channel
-from dispatcher.channels.config import WebhookChannelConfig
-from dispatcher.channels.email import EmailChannelConfig
-from dispatcher.channels.sms import SmsChannelConfig
+from dispatcher.channels.email_config import EmailChannelConfig
+from dispatcher.channels.sms_config import SmsChannelConfig
 from dispatcher.channels.webhook import WebhookChannel
+from dispatcher.channels.webhook_config import WebhookChannelConfig
 from dispatcher.db.engine import create_engine
 from dispatcher.delivery.breaker_audit import BreakerAudit
 from dispatcher.delivery.mirror import DeadLetterMirror

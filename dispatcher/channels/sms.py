@@ -1,21 +1,12 @@
-"""SMS through Twilio: configuration and the adapter for one account."""
+"""SMS through Twilio: the adapter for one account (configuration: ``sms_config.py``)."""
 
 import asyncio
 import base64
 import logging
 from contextvars import ContextVar
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import aiohttp
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
 from twilio.base.exceptions import (
     TwilioException,
     TwilioRestException,
@@ -27,10 +18,9 @@ from twilio.rest import Client
 
 from dispatcher.channels import classify
 from dispatcher.channels.base import OutboundMessage, SendReceipt
+from dispatcher.channels.sms_config import SmsChannelConfig, TwilioProvider
 from dispatcher.channels.templates import DEFAULT_SMS, check_template, render_sms
 from dispatcher.events.kinds import ChannelKind
-from dispatcher.events.schema import E164_PATTERN, ENDPOINT_NAME_PATTERN
-from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 # twilio logs every request's URL and headers at INFO through the logger it is given;
 # ours stays at WARNING so no account SID or header reaches the logs.
@@ -46,61 +36,6 @@ _RETRY_AFTER: ContextVar[list[str | None] | None] = ContextVar(
 # Twilio's client reads region and edge from os.environ unless given a mapping, and
 # rewrites the host when they are set; a non-empty neutral mapping keeps it explicit.
 _NO_ENVIRONMENT: Final = {"TWILIO_REGION": "", "TWILIO_EDGE": ""}
-
-
-class TwilioProvider(BaseModel):
-    """One Twilio account; sends from a number or through a messaging service."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: Annotated[str, StringConstraints(pattern=ENDPOINT_NAME_PATTERN)]
-    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
-    auth_token: SecretStr
-    from_number: Annotated[str, StringConstraints(pattern=E164_PATTERN)] | None = None
-    messaging_service_sid: (
-        Annotated[str, StringConstraints(pattern=r"^MG[0-9a-fA-F]{32}$")] | None
-    ) = None
-    #: Replaces ``https://api.twilio.com``, e.g. for a local Twilio-compatible server.
-    base_url: str | None = None
-    #: Whole request; the installed twilio async client applies no timeout of its own.
-    timeout: float = Field(default=10.0, gt=0, le=120)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("base_url must be an http(s) URL")
-        return value.rstrip("/") if value else value
-
-    @model_validator(mode="after")
-    def _check_sender(self) -> "TwilioProvider":
-        if (self.from_number is None) == (self.messaging_service_sid is None):
-            raise ValueError("set exactly one of from_number and messaging_service_sid")
-        return self
-
-
-class SmsChannelConfig(ChannelDelivery):
-    """The SMS channel: Twilio accounts in failover order and the text template."""
-
-    enabled: bool = False
-    concurrency: int = Field(default=16, ge=1, le=1000)
-    deadline_seconds: float = Field(default=15.0, gt=0, le=600)
-    providers: list[TwilioProvider] = Field(default_factory=list)
-    template: str = DEFAULT_SMS
-
-    @field_validator("template")
-    @classmethod
-    def _check_template(cls, value: str) -> str:
-        return check_template(value)
-
-    @model_validator(mode="after")
-    def _check_providers(self) -> "SmsChannelConfig":
-        if self.enabled and not self.providers:
-            raise ValueError("the SMS channel is enabled but has no providers")
-        names = [provider.name for provider in self.providers]
-        if len(names) != len(set(names)):
-            raise ValueError("provider names must be unique")
-        return self
 
 
 class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]

@@ -32,7 +32,7 @@ from yarl import URL
 from dispatcher import __version__
 from dispatcher.channels import classify, signing, ssrf
 from dispatcher.channels.base import OutboundMessage, SendReceipt
-from dispatcher.channels.config import WebhookChannelConfig, WebhookEndpoint
+from dispatcher.channels.webhook_config import WebhookChannelConfig, WebhookEndpoint
 from dispatcher.errors import (
     ConfigError,
     DeliveryError,

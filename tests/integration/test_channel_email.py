@@ -15,10 +15,10 @@ import trustme
 
 from dispatcher.channels import classify
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.email import (
+from dispatcher.channels.email import SmtpChannel
+from dispatcher.channels.email_config import (
     EmailChannelConfig,
     SendLimits,
-    SmtpChannel,
     SmtpProvider,
 )
 from dispatcher.channels.templates import SUBJECT_MAX_CHARS, EmailTemplate

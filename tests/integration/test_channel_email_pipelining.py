@@ -16,7 +16,8 @@ import structlog
 import trustme
 import uvloop
 
-from dispatcher.channels.email import SendLimits, SmtpChannel, SmtpProvider
+from dispatcher.channels.email import SmtpChannel
+from dispatcher.channels.email_config import SendLimits, SmtpProvider
 from dispatcher.channels.templates import EmailTemplate
 from dispatcher.errors import (
     DeliveryError,

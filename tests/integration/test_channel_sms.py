@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.sms import (
-    SmsChannelConfig,
-    TwilioChannel,
-    TwilioProvider,
-    build_channels,
-)
+from dispatcher.channels.sms import TwilioChannel, build_channels
+from dispatcher.channels.sms_config import SmsChannelConfig, TwilioProvider
 from dispatcher.errors import (
     DeliveryError,
     ErrorClass,

@@ -22,8 +22,8 @@ from standardwebhooks import Webhook
 from structlog.testing import capture_logs
 
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.config import WebhookChannelConfig
 from dispatcher.channels.webhook import WebhookChannel
+from dispatcher.channels.webhook_config import WebhookChannelConfig
 from dispatcher.errors import (
     ConfigError,
     DeliveryError,

@@ -5,7 +5,8 @@ import base64
 import pytest
 from pydantic import ValidationError
 
-from dispatcher.channels.config import ChannelsConfig, WebhookChannelConfig
+from dispatcher.channels.config import ChannelsConfig
+from dispatcher.channels.webhook_config import WebhookChannelConfig
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()

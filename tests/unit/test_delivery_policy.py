@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher.app import build_providers
-from dispatcher.channels.email import EmailChannelConfig
+from dispatcher.channels.email_config import EmailChannelConfig
 from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.resilience.breaker import BreakerState

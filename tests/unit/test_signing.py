@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from dispatcher.channels import signing
-from dispatcher.channels.config import WebhookChannelConfig, WebhookEndpoint
+from dispatcher.channels.webhook_config import WebhookChannelConfig, WebhookEndpoint
 from dispatcher.errors import ConfigError
 from dispatcher.settings import load_settings
 

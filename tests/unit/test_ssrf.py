@@ -16,8 +16,8 @@ from yarl import URL
 
 from dispatcher.channels import ssrf
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.config import WebhookChannelConfig, WebhookEndpoint
 from dispatcher.channels.webhook import WebhookChannel
+from dispatcher.channels.webhook_config import WebhookChannelConfig, WebhookEndpoint
 from dispatcher.errors import ErrorClass, PermanentDeliveryError
 from dispatcher.events.kinds import Severity
 from dispatcher.sinks.webhook import WebhookSink

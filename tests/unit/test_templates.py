@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher.channels.base import OutboundMessage
-from dispatcher.channels.email import EmailChannelConfig
-from dispatcher.channels.sms import SmsChannelConfig
+from dispatcher.channels.email_config import EmailChannelConfig
+from dispatcher.channels.sms_config import SmsChannelConfig
 from dispatcher.channels.templates import (
     SMS_MAX_CHARS,
     SUBJECT_MAX_CHARS,
