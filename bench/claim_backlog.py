@@ -27,12 +27,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dispatcher.db.migrate import upgrade
-from dispatcher.outbox.store import (
-    _CLAIM,
-    _CLAIM_LANES,
-    _CLAIM_LANES_PARAMS,
-    _CLAIM_PARAMS,
-)
+from dispatcher.outbox.store import _CLAIM, _CLAIM_LANES
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHY = ("endpoint-a", "endpoint-b", "endpoint-c")
@@ -130,14 +125,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             row: dict[str, Any] = {"blocked_backlog": backlog}
             row["per_endpoint"] = await measure(
                 conn,
-                _CLAIM_LANES,
-                [params[n] for n in _CLAIM_LANES_PARAMS],
+                _CLAIM_LANES.sql,
+                _CLAIM_LANES.args(params),
                 args.repeat,
             )
             row["channel_wide"] = await measure(
                 conn,
-                _CLAIM,
-                [params[n] for n in _CLAIM_PARAMS],
+                _CLAIM.sql,
+                _CLAIM.args(params),
                 args.repeat,
             )
             results.append(row)

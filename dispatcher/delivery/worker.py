@@ -20,7 +20,7 @@ from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
-from dispatcher.events.kinds import ChannelKind, Severity
+from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.store import Claimed, claim
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 
@@ -208,7 +208,7 @@ class ChannelWorker:
             return 0, False
         # Reserved slots only ever take critical deliveries.
         limit, max_priority = (
-            (free, _CRITICAL) if general <= 0 else (min(free, general), 4)
+            (free, _CRITICAL) if general <= 0 else (min(free, general), LEAST_URGENT)
         )
         self.claims += 1
         # This claim is the refill that freed slots asked for. It reads the capped

@@ -35,6 +35,9 @@ _PRIORITY = {
     Severity.INFO: 4,
 }
 
+#: The priority of the least urgent deliveries: a claim up to it takes every severity.
+LEAST_URGENT = max(_PRIORITY.values())
+
 
 class ChannelKind(StrEnum):
     """A delivery channel."""

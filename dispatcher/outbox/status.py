@@ -6,9 +6,12 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dispatcher.db.models import AuditKind
+from dispatcher.db.sql import from_row
+
 _QUEUE_STATUS = text(
     """
-    SELECT channel, status, count(*) AS n,
+    SELECT channel, status, count(*) AS count,
            min(next_attempt_at) FILTER (WHERE status = 'pending') AS next_due
     FROM deliveries GROUP BY channel, status ORDER BY channel, status
     """
@@ -20,7 +23,7 @@ _BREAKER_STATUS = text(
            at, detail->>'owner' AS owner, detail->>'channel' AS channel,
            detail->>'provider' AS provider, detail->>'new' AS state, detail->>'reason' AS reason
     FROM audit_log
-    WHERE kind = 'breaker.transition' AND at > now() - make_interval(secs => :horizon)
+    WHERE kind = :kind AND at > now() - make_interval(secs => :horizon)
     ORDER BY detail->>'owner', detail->>'channel', detail->>'provider', at DESC
     """
 )
@@ -48,7 +51,8 @@ class BreakerStatus:
 
 async def queue_status(conn: AsyncConnection) -> list[QueueCount]:
     """Deliveries per channel and status, with the earliest due pending one."""
-    return [QueueCount(*row) for row in await conn.execute(_QUEUE_STATUS)]
+    rows = (await conn.execute(_QUEUE_STATUS)).mappings()
+    return [from_row(QueueCount, row) for row in rows]
 
 
 async def breaker_status(
@@ -60,5 +64,10 @@ async def breaker_status(
     transition per replica and provider is that breaker's state (a breaker with no entry
     has been closed since its replica started).
     """
-    rows = await conn.execute(_BREAKER_STATUS, {"horizon": horizon_seconds})
-    return [BreakerStatus(*row) for row in rows]
+    rows = (
+        await conn.execute(
+            _BREAKER_STATUS,
+            {"kind": AuditKind.BREAKER_TRANSITION.value, "horizon": horizon_seconds},
+        )
+    ).mappings()
+    return [from_row(BreakerStatus, row) for row in rows]

@@ -6,29 +6,18 @@ whose worker died becomes claimable again by the same query. Each claim draws a 
 late result from an expired claim cannot overwrite the newer one.
 """
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.sql import Executor, Statement, from_row
+from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
 
 #: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
 OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
-
-
-def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``:name`` parameters to asyncpg's ``$n`` (``::type`` casts are left alone)."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
 
 
 #: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
@@ -87,7 +76,7 @@ _CHOOSE_BY_CHANNEL = """
                ARRAY(SELECT DISTINCT recipient FROM ranked WHERE NOT taken) AS capped
     )
     """
-_CLAIM, _CLAIM_PARAMS = _positional(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
+_CLAIM = Statement.compile(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
 
 #: Webhooks: the recipient names an endpoint, and an endpoint may be blocked (breaker
 #: open) or at its in-flight cap while thousands of its rows wait. The channel-wide claim
@@ -144,10 +133,10 @@ _CHOOSE_BY_ENDPOINT = """
                      WHERE nth > room AND room < CAST(:limit AS int)) AS capped
     )
     """
-_CLAIM_LANES, _CLAIM_LANES_PARAMS = _positional(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
+_CLAIM_LANES = Statement.compile(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
 
 
-_COMPLETE, _COMPLETE_PARAMS = _positional(
+_COMPLETE = Statement.compile(
     """
     WITH r AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
@@ -203,7 +192,7 @@ _COMPLETE, _COMPLETE_PARAMS = _positional(
 #: locked (a claim taking an expired lease, or a recording statement still running): it
 #: never waits, so it works while the recorder's own statement hangs. By token, like
 #: every outcome, so it never extends somebody else's lease.
-_RENEW, _RENEW_PARAMS = _positional(
+_RENEW = Statement.compile(
     """
     WITH r AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]),
@@ -322,12 +311,6 @@ class AuditNote:
     detail: str = "{}"
 
 
-class Executor(Protocol):
-    """The part of ``asyncpg.Connection`` claims and outcomes use (a kept connection)."""
-
-    async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
-
-
 class Claim(NamedTuple):
     """What one claim leased, most urgent first, and what it left behind."""
 
@@ -348,7 +331,7 @@ async def claim(
     lease_seconds: float,
     owner: str,
     blocked: Sequence[str] = (),
-    max_priority: int = 4,
+    max_priority: int = LEAST_URGENT,
     cap: int | None = None,
     in_flight: Mapping[str, int] | None = None,
 ) -> Claim:
@@ -374,15 +357,11 @@ async def claim(
         "owner": owner,
         "lease": lease_seconds,
     }
-    sql, names = (
-        (_CLAIM_LANES, _CLAIM_LANES_PARAMS)
-        if channel == "webhook"
-        else (_CLAIM, _CLAIM_PARAMS)
-    )
-    rows = await conn.fetch(sql, *(args[name] for name in names))
+    statement = _CLAIM_LANES if channel == ChannelKind.WEBHOOK else _CLAIM
+    rows = await statement.fetch(conn, **args)
     report = rows[0]  # there is always one, with or without a leased row
     return Claim(
-        [Claimed(*row[:-2]) for row in rows if row["id"] is not None],
+        [from_row(Claimed, row) for row in rows if row["id"] is not None],
         report["considered"],
         frozenset(report["capped"]) | at_cap,
     )
@@ -421,7 +400,7 @@ async def complete(
         "x_kinds": [n.kind for n in notes],
         "x_details": [n.detail for n in notes],
     }
-    rows = await conn.fetch(_COMPLETE, *(params[name] for name in _COMPLETE_PARAMS))
+    rows = await _COMPLETE.fetch(conn, **params)
     return [
         Applied(
             r["id"],
@@ -452,5 +431,5 @@ async def renew(
         "tokens": [t for _, t, _ in leases],
         "leases": [s for _, _, s in leases],
     }
-    rows = await conn.fetch(_RENEW, *(params[name] for name in _RENEW_PARAMS))
+    rows = await _RENEW.fetch(conn, **params)
     return {r["id"] for r in rows}

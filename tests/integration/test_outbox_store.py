@@ -14,7 +14,6 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.outbox.status import breaker_status, queue_status
 from dispatcher.outbox.store import (
     _CLAIM_LANES,
-    _CLAIM_LANES_PARAMS,
     AttemptRecord,
     AuditNote,
     Outcome,
@@ -321,8 +320,8 @@ async def _claim_buffers(engine: AsyncEngine, **kwargs) -> tuple[int, int]:
         await tx.start()
         try:
             plan = await driver.fetchval(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM_LANES,
-                *(args[name] for name in _CLAIM_LANES_PARAMS),
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM_LANES.sql,
+                *_CLAIM_LANES.args(args),
             )
             leased = await driver.fetchval(
                 "SELECT count(*) FROM deliveries WHERE status = 'in_flight'"
