@@ -1,9 +1,11 @@
 """Subcommands. Every option can also come from an environment variable."""
 
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -68,6 +70,22 @@ def _root(
 
 def settings() -> Settings:
     return load_settings(state.config)
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[None]:
+    """Tracing as the OTEL_* variables say (off unless they ask), flushed at the end."""
+    from dispatcher.telemetry.setup import (  # noqa: PLC0415
+        configure_tracing,
+        shutdown_tracing,
+    )
+
+    # The OpenTelemetry SDK reads OTEL_* itself, by its specification; we only decide on/off.
+    configure_tracing(os.environ)
+    try:
+        yield
+    finally:
+        shutdown_tracing()
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -147,7 +165,8 @@ def serve(
             services.append(ApiServer(create_app(cfg), cfg.api))
         await run_until_signalled(services, engine)
 
-    _run(go())
+    with traced():
+        _run(go())
 
 
 @app.command()
@@ -186,7 +205,8 @@ def worker(
         service = build_delivery(cfg, engine, only=set(channel) or None)
         await run_until_signalled([service], engine)
 
-    _run(go())
+    with traced():
+        _run(go())
 
 
 @app.command()
@@ -231,7 +251,8 @@ def publish(
         ) as publisher:
             return await publisher.publish_many(messages)
 
-    count = _run(go())
+    with traced():
+        count = _run(go())
     typer.echo(f"published {count} message(s) to exchange {cfg.exchange!r}")
 
 
