@@ -85,6 +85,7 @@ OVERRIDES = (
     "email: enabled, one relay at the sink (tls none)",
     "sms: enabled, one Twilio-compatible account at the sink (base_url)",
     "webhook: one endpoint at the sink, allow_http, allow_private_networks 127.0.0.0/8",
+    "api: port 0 (a free port per replica: two replicas on one machine cannot share 8080)",
 )
 
 
@@ -310,6 +311,7 @@ async def run_scenario(
         "DISPATCHER_EXCHANGE": exchange,
         "DISPATCHER_QUEUE_PREFIX": prefix,
         "DISPATCHER_CONFIG": str(config),
+        "DISPATCHER_API__PORT": "0",
         "PYTHONPATH": str(ROOT),
         "BENCH_QUEUE": f"{prefix}.ingest",
         "BENCH_SMTP_PORT": str(ports["smtp"]),

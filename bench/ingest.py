@@ -125,6 +125,7 @@ async def run(
     prefix, exchange = f"bench.{tag}", f"bench.notifications.{tag}"
     env = {
         "DISPATCHER_DATABASE_URL": dsn(db, "postgresql+asyncpg"),
+        "DISPATCHER_API__PORT": "0",  # the API on a free port: never a clash on 8080
         "DISPATCHER_AMQP_URL": AMQP,
         "DISPATCHER_EXCHANGE": exchange,
         "DISPATCHER_QUEUE_PREFIX": prefix,

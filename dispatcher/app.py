@@ -8,8 +8,10 @@ from typing import Protocol
 
 import structlog
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher import topology
 from dispatcher.channels import email, sms
 from dispatcher.channels.base import Channel
 from dispatcher.channels.email_config import EmailChannelConfig
@@ -36,6 +38,7 @@ from dispatcher.ingest.consumer import IngestConsumer, IngestRouter
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.settings import Settings
+from dispatcher.telemetry import metrics, tracing
 
 log = structlog.get_logger("dispatcher")
 
@@ -43,11 +46,13 @@ log = structlog.get_logger("dispatcher")
 def build_engine(
     settings: Settings, application_name: str = "dispatcher"
 ) -> AsyncEngine:
-    return create_engine(
+    engine = create_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.database_pool_size,
         application_name=application_name,
     )
+    metrics.watch_pool(application_name, engine.pool)
+    return engine
 
 
 class IngestService:
@@ -64,6 +69,7 @@ class IngestService:
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_max_delay=settings.ingest.storage_retry_max_delay,
             recipient_key=recipient_key(settings),
+            queue=topology.ingest_queue(settings.queue_prefix),
         )
         endpoints = settings.channels.webhook.endpoints
         self.router = IngestRouter(
@@ -78,6 +84,10 @@ class IngestService:
             graceful_timeout=30.0,
             app_id="dispatcher",
             apply_types=False,  # handlers take the raw message: no per-message injection
+            # FastStream's own consumer spans where it runs the handler (the ingest DLQ).
+            middlewares=[RabbitTelemetryMiddleware(tracer_provider=tracer_provider)]
+            if (tracer_provider := tracing.provider()) is not None
+            else [],
         )
         self.consumer = IngestConsumer(self.broker, settings, self.router)
 

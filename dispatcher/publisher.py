@@ -5,6 +5,7 @@ it is retried with the very same bytes and ``event_id``: ingest de-duplicates on
 """
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -22,6 +23,8 @@ from pamqp.commands import Basic
 
 from dispatcher.errors import PublishError
 from dispatcher.resilience.backoff import Backoff
+from dispatcher.telemetry import tracing
+from dispatcher.telemetry.metrics import PUBLISHED_AT_HEADER
 
 
 class Publisher:
@@ -94,13 +97,26 @@ class Publisher:
         """
         if self._exchange is None:
             raise PublishError("the publisher is not open")
-        message = aio_pika.Message(
-            body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
-            message_id=message_id,
-            headers=dict(headers or {}),
-        )
+        sent: dict[str, Any] = dict(headers or {})
+        sent.setdefault(PUBLISHED_AT_HEADER, f"{time.time():.6f}")
+        # The producer span covers every retry; its context travels in the headers.
+        with tracing.producer(self._exchange_name, routing_key, message_id, sent):
+            await self._publish_confirmed(
+                aio_pika.Message(
+                    body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                    message_id=message_id,
+                    headers=sent,
+                ),
+                routing_key,
+            )
+
+    async def _publish_confirmed(
+        self, message: aio_pika.Message, routing_key: str
+    ) -> None:
+        if self._exchange is None:
+            raise PublishError("the publisher is not open")
         backoff = Backoff(0.2, 5.0)
         last: BaseException | None = None
         for attempt in range(1, self._attempts + 1):

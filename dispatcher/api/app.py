@@ -15,11 +15,20 @@ from dispatcher.api.auth import RateLimiter, TokenRegistry
 from dispatcher.api.limits import RequestLimits
 from dispatcher.api.pagination import CursorCodec
 from dispatcher.api.reader import ApiState
-from dispatcher.api.routes import audit, channels, deliveries, events, health, rejected
+from dispatcher.api.routes import (
+    audit,
+    channels,
+    deliveries,
+    events,
+    health,
+    metrics,
+    rejected,
+)
 from dispatcher.api.snapshot import SnapshotRefresher
 from dispatcher.db.engine import create_engine
 from dispatcher.health import ComponentProbe, ReadinessProbe
 from dispatcher.settings import Settings
+from dispatcher.telemetry import metrics as telemetry_metrics
 
 API_VERSION = "1.0.0"
 
@@ -41,7 +50,11 @@ def create_app(settings: Settings, *, probes: Sequence[ComponentProbe] = ()) -> 
                 "default_transaction_read_only": "on",
             },
         )
-        snapshot = SnapshotRefresher(engine, limits.snapshot_interval)
+        readiness = ReadinessProbe(engine, settings.amqp_url.get_secret_value(), probes)
+        telemetry_metrics.watch_pool("api", engine.pool)
+        snapshot = SnapshotRefresher(
+            engine, limits.snapshot_interval, readiness=readiness.check
+        )
         snapshot.start()
         cursor_key = (
             api.cursor_key.get_secret_value().encode()
@@ -60,9 +73,7 @@ def create_app(settings: Settings, *, probes: Sequence[ComponentProbe] = ()) -> 
                     else None
                 ),
                 snapshot=snapshot,
-                readiness=ReadinessProbe(
-                    engine, settings.amqp_url.get_secret_value(), probes
-                ),
+                readiness=readiness,
                 limits=limits,
             )
         finally:
@@ -85,7 +96,7 @@ def create_app(settings: Settings, *, probes: Sequence[ComponentProbe] = ()) -> 
         max_body_bytes=limits.max_body_bytes,
         timeout=limits.request_timeout,
     )
-    for module in (health, events, deliveries, rejected, audit, channels):
+    for module in (health, metrics, events, deliveries, rejected, audit, channels):
         app.include_router(module.router)
     _problem_media_type(app)
     return app

@@ -370,6 +370,15 @@ _DEAD = text(
     "SELECT channel, count(*) AS dead FROM deliveries WHERE status = 'dead' GROUP BY 1"
 )
 
+#: Due backlog per channel and priority (severity), for the per-severity age alerts.
+_DUE_BY_PRIORITY = text(
+    """
+    SELECT channel, priority, count(*) AS due, min(next_attempt_at) AS oldest_due
+    FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()
+    GROUP BY 1, 2
+    """
+)
+
 _RECENT = text(
     """
     SELECT d.channel, a.provider, count(*) AS attempts,
@@ -385,6 +394,10 @@ _RECENT = text(
 
 async def channel_backlog(conn: AsyncConnection) -> list[Rec]:
     return list(await conn.execute(_BACKLOG))
+
+
+async def due_by_priority(conn: AsyncConnection) -> list[Rec]:
+    return list(await conn.execute(_DUE_BY_PRIORITY))
 
 
 async def dead_letters(conn: AsyncConnection) -> list[Rec]:

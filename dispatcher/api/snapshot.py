@@ -6,6 +6,7 @@ nothing; the aggregates run once per ``api.limits.snapshot_interval``.
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,10 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.api import queries
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.errors import StorageUnavailable
+from dispatcher.events.kinds import Severity
+from dispatcher.health import Readiness
 from dispatcher.outbox.status import breaker_status
 
 log = structlog.get_logger("dispatcher.api")
 
+_SEVERITY_BY_PRIORITY = {s.priority: s.value for s in Severity}
 #: Attempts younger than this make up the recent success rate.
 RECENT_WINDOW_SECONDS = 300.0
 
@@ -47,10 +51,20 @@ class ProviderView(BaseModel):
     )
 
 
+class SeverityBacklog(BaseModel):
+    severity: str
+    due: int
+    oldest_due_age_seconds: float | None
+
+
 class ChannelView(BaseModel):
     channel: str
     due: int
     oldest_due_age_seconds: float | None
+    due_by_severity: list[SeverityBacklog] = Field(
+        default_factory=list,
+        description="Due deliveries per severity, most urgent first.",
+    )
     in_flight: int
     dead_letters: int
     providers: list[ProviderView]
@@ -71,6 +85,7 @@ async def take_snapshot(engine: AsyncEngine) -> ChannelsSnapshot:
     with wrap_db_errors():
         async with engine.connect() as conn:
             backlog = await queries.channel_backlog(conn)
+            by_priority = await queries.due_by_priority(conn)
             dead = await queries.dead_letters(conn)
             recent = await queries.recent_attempts(conn, RECENT_WINDOW_SECONDS)
             breakers = await breaker_status(conn)
@@ -109,6 +124,16 @@ async def take_snapshot(engine: AsyncEngine) -> ChannelsSnapshot:
             p["oldest"] = _earliest(p["oldest"], row.oldest_due)
     for row in dead:
         channel(row.channel)["dead"] = row.dead
+    severities: dict[str, list[SeverityBacklog]] = {}
+    for row in sorted(by_priority, key=lambda r: (r.channel, r.priority)):
+        channel(row.channel)
+        severities.setdefault(row.channel, []).append(
+            SeverityBacklog(
+                severity=_SEVERITY_BY_PRIORITY.get(row.priority, str(row.priority)),
+                due=row.due,
+                oldest_due_age_seconds=_age(now, row.oldest_due),
+            )
+        )
     for row in recent:
         if row.provider is None:
             continue
@@ -130,6 +155,7 @@ async def take_snapshot(engine: AsyncEngine) -> ChannelsSnapshot:
                 channel=name,
                 due=c["due"],
                 oldest_due_age_seconds=_age(now, c["oldest"]),
+                due_by_severity=severities.get(name, []),
                 in_flight=c["in_flight"],
                 dead_letters=c["dead"],
                 providers=[
@@ -166,17 +192,28 @@ def _age(now: datetime, since: datetime | None) -> float | None:
 class SnapshotRefresher:
     """Keeps the latest snapshot; a failed refresh keeps the previous one."""
 
-    def __init__(self, engine: AsyncEngine, interval: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        interval: float,
+        *,
+        readiness: Callable[[], Awaitable[Readiness]] | None = None,
+    ) -> None:
         self._engine = engine
         self._interval = interval
+        self._readiness = readiness
         self._task: asyncio.Task[None] | None = None
         self.current = EMPTY
+        #: The last background readiness check (``dispatcher_ready``); None before one.
+        self.ready: bool | None = None
 
     async def refresh(self) -> None:
         try:
             self.current = await take_snapshot(self._engine)
         except StorageUnavailable as exc:
             log.warning("dispatcher.api.snapshot_failed", error=str(exc))
+        if self._readiness is not None:
+            self.ready = (await self._readiness()).ready
 
     async def _loop(self) -> None:
         while True:

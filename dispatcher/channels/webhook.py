@@ -40,6 +40,7 @@ from dispatcher.errors import (
     PermanentDeliveryError,
 )
 from dispatcher.events.kinds import ChannelKind
+from dispatcher.telemetry import tracing
 
 USER_AGENT: Final = f"dispatcher-webhook/{__version__}"
 #: Longest wait for a response body once the status is known.
@@ -189,8 +190,9 @@ class WebhookChannel:
         )
         headers["content-type"] = "application/json"
         headers["dispatcher-attempt"] = str(message.attempt)
-        if message.traceparent:
-            headers["traceparent"] = message.traceparent
+        traceparent = tracing.current_traceparent() or message.traceparent
+        if traceparent:
+            headers["traceparent"] = traceparent
         return headers
 
     def _client(self) -> aiohttp.ClientSession:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.cli.root import app, run, settings
+from dispatcher.cli.root import app, run, settings, traced
 
 
 @app.command()
@@ -52,7 +52,8 @@ def publish(
         ) as publisher:
             return await publisher.publish_many(messages)
 
-    count = run(go())
+    with traced():
+        count = run(go())
     typer.echo(f"published {count} message(s) to exchange {cfg.exchange!r}")
 
 

@@ -1,7 +1,9 @@
 """The ``dispatcher`` typer app: global options, and what every command shares."""
 
+import contextlib
 import logging
-from collections.abc import Coroutine
+import os
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -60,6 +62,22 @@ def _root(
 
 def settings() -> Settings:
     return load_settings(state.config)
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[None]:
+    """Tracing as the OTEL_* variables say (off unless they ask), flushed at the end."""
+    from dispatcher.telemetry.setup import (  # noqa: PLC0415
+        configure_tracing,
+        shutdown_tracing,
+    )
+
+    # The OpenTelemetry SDK reads OTEL_* itself, by its specification; we only decide on/off.
+    configure_tracing(os.environ)
+    try:
+        yield
+    finally:
+        shutdown_tracing()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 import structlog
 import typer
 
-from dispatcher.cli.root import app, run, settings
+from dispatcher.cli.root import app, run, settings, traced
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.settings import Settings
 
@@ -104,4 +104,5 @@ def _serve(
         engine = build_engine(cfg, application_name)
         await run_until_signalled(services(engine), engine)
 
-    run(go())
+    with traced():
+        run(go())

@@ -20,7 +20,7 @@ from dispatcher.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from dispatcher.events.kinds import Severity
+from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.outbox.store import AttemptRecord, Claimed, Outcome
 from dispatcher.resilience.retry import (
     DeadLetter,
@@ -28,6 +28,7 @@ from dispatcher.resilience.retry import (
     RetryPolicy,
     decide,
 )
+from dispatcher.telemetry import tracing
 
 from .providers import Candidate
 
@@ -85,7 +86,20 @@ async def attempt(
             continue
         channel = candidate.channel
         started, t0 = datetime.now(UTC), time.perf_counter()
-        result = await _try(channel, message, deadline)
+        # A webhook's endpoint name comes from configuration; other recipients are PII.
+        provider = (
+            row.recipient if channel.kind is ChannelKind.WEBHOOK else channel.name
+        )
+        with tracing.provider_try(channel.kind.value, provider, row.attempts) as span:
+            result = await _try(channel, message, deadline)
+            tracing.try_ended(
+                span,
+                outcome="delivered" if isinstance(result, SendReceipt) else "failed",
+                error_class=None
+                if isinstance(result, SendReceipt)
+                else result.error_class.value,
+                provider_code=result.provider_code,
+            )
         if isinstance(result, SendReceipt):
             candidate.breaker.record_success()
             records.append(

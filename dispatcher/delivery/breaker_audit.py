@@ -1,4 +1,4 @@
-"""What a breaker transition leaves behind: a log line and an audit entry."""
+"""What a breaker transition leaves behind: a log line, an audit entry and its metrics."""
 
 import structlog
 
@@ -6,6 +6,7 @@ from dispatcher.db.models import AuditKind
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.resilience.breaker import BreakerState
+from dispatcher.telemetry import metrics
 
 log = structlog.get_logger("dispatcher.delivery")
 
@@ -21,6 +22,7 @@ class BreakerAudit:
     def __call__(
         self, name: str, old: BreakerState, new: BreakerState, reason: str
     ) -> None:
+        metrics.breaker_changed(self._channel.value, name, new.value)
         log.warning(
             "dispatcher.breaker.transition",
             channel=self._channel.value,

@@ -11,11 +11,13 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
@@ -23,10 +25,13 @@ from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.store import Claimed, claim
 from dispatcher.resilience.delivery_policy import ChannelDelivery
+from dispatcher.telemetry import metrics, tracing
 
 log = structlog.get_logger("dispatcher.delivery")
 
 _CRITICAL = Severity.CRITICAL.priority
+_SEVERITY = {s.priority: s.value for s in Severity}
+_FINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.DEAD})
 
 
 class ChannelWorker:
@@ -273,13 +278,45 @@ class ChannelWorker:
             )
 
     async def _attempt(self, row: Claimed) -> None:
-        outcome = await attempt(
-            row,
-            self._providers.candidates(row.recipient),
-            deadline=self._settings.deadline_seconds,
-            policy_for=self._settings.policy_for,
-            open_until=self._providers.all_open_until,
-            rand=self._rand,
+        channel = self.kind.value
+        severity = _SEVERITY.get(row.priority, "info")
+        with (
+            structlog.contextvars.bound_contextvars(
+                delivery_id=str(row.id), event_id=str(row.event_id)
+            ),
+            tracing.delivery_attempt(
+                channel,
+                traceparent=row.traceparent,
+                delivery_id=str(row.id),
+                event_id=str(row.event_id),
+                attempt=row.attempts,
+                severity=severity,
+            ) as span,
+        ):
+            outcome = await attempt(
+                row,
+                self._providers.candidates(row.recipient),
+                deadline=self._settings.deadline_seconds,
+                policy_for=self._settings.policy_for,
+                open_until=self._providers.all_open_until,
+                rand=self._rand,
+            )
+            tracing.attempt_ended(
+                span,
+                status=outcome.status.value,
+                provider=outcome.provider,
+                error_class=outcome.error_class,
+            )
+        final = outcome.status.value if outcome.status in _FINAL else None
+        metrics.delivery_attempted(
+            channel,
+            severity,
+            outcome.attempts,
+            final=final,
+            endpoint=row.recipient if self.kind is ChannelKind.WEBHOOK else None,
+            age_seconds=(datetime.now(UTC) - row.created_at).total_seconds()
+            if final == "delivered"
+            else None,
         )
         # Logged by the recorder once committed: a claim whose lease ran out may
         # not change the row any more.

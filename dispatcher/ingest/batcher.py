@@ -18,6 +18,7 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 import structlog
@@ -28,6 +29,7 @@ from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming
 from dispatcher.ingest.store import BatchResult, persist_batch
+from dispatcher.telemetry import metrics, tracing
 
 log = structlog.get_logger("dispatcher.ingest")
 
@@ -56,6 +58,10 @@ class _Entry(Generic[T]):
     done: asyncio.Future[None] | None = None
 
 
+def _items(batch: Sequence[_Entry[T]]) -> list[Incoming]:
+    return [e.item for e in batch]
+
+
 class Batcher(Generic[T]):
     """Stores submitted messages in batches, retrying while PostgreSQL is away."""
 
@@ -69,6 +75,7 @@ class Batcher(Generic[T]):
         max_body_bytes: int = 262_144,
         retry_max_delay: float = 5.0,
         recipient_key: bytes | None = None,
+        queue: str = "ingest",
     ) -> None:
         self._engine = engine
         self._on_commit = on_commit
@@ -77,6 +84,8 @@ class Batcher(Generic[T]):
         self._max_body = max_body_bytes
         self._retry_max_delay = retry_max_delay
         self._recipient_key = recipient_key
+        #: The queue its messages come from, as ingest spans name it.
+        self.queue = queue
         self._queue: deque[_Entry[T]] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,7 +167,8 @@ class Batcher(Generic[T]):
                 for _ in range(min(self._batch_max, len(self._queue)))
             ]
             try:
-                await self._store(batch, link)
+                with tracing.ingest_batch(partial(_items, batch), self.queue):
+                    await self._store(batch, link)
             except BaseException:
                 # Cancelled at stop, or a bug: nothing of it is acked; put it back for
                 # the next writer (at worst a message stored alone is stored again).
@@ -288,7 +298,7 @@ class Batcher(Generic[T]):
             if not self.storage_ok:
                 self.storage_ok = True
                 log.info("dispatcher.ingest.storage_recovered")
-            self._account(result)
+            self._account(result, items)
             return
 
     async def _answers(self, link: KeptConnection) -> bool:
@@ -302,7 +312,18 @@ class Batcher(Generic[T]):
             return False
         return True
 
-    def _account(self, result: BatchResult) -> None:
+    def _account(self, result: BatchResult, items: Sequence[Incoming]) -> None:
+        metrics.ingest_batch(
+            len(items),
+            stored=result.stored,
+            duplicates=result.duplicates,
+            rejected=[
+                i.outcome.reason.value
+                for i in items
+                if isinstance(i.outcome, Rejection)
+            ],
+            published_at=[p for i in items if (p := i.published_at) is not None],
+        )
         t = self.totals
         t.stored += result.stored
         t.duplicates += result.duplicates

@@ -46,6 +46,7 @@ from dispatcher.ingest.acker import AckableMessage
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.settings import Settings
+from dispatcher.telemetry import metrics
 
 
 class IngestRouter:
@@ -208,6 +209,15 @@ class IngestConsumer:
         # (with on_ingest, until its first delivery hands the channel to on_delivery).
         self._consumer_tag = await queue.consume(self._router.on_ingest)
         self._queue_obj = queue
+        metrics.watch_consumer(self._queue.name, self.consuming)
+
+    def consuming(self) -> bool:
+        """Registered as a consumer on an open channel (``dispatcher_ingest_consumer_up``)."""
+        queue = self._queue_obj
+        try:
+            return queue is not None and not queue.channel.is_closed
+        except ChannelInvalidStateError:
+            return False
 
     async def stop_consuming(self) -> None:
         """Cancel both consumers; what was delivered stays in the batcher to be committed."""

@@ -13,6 +13,7 @@ from typing import Any
 from dispatcher.events.parse import ParsedEvent
 from dispatcher.events.rejection import Rejection
 from dispatcher.events.routing import Route
+from dispatcher.telemetry.metrics import PUBLISHED_AT_HEADER
 
 #: Stored header values are cut at this many characters.
 _MAX_HEADER_TEXT = 1024
@@ -62,6 +63,18 @@ class Incoming:
         return (
             value if isinstance(value, str) and len(value) <= _MAX_TRACESTATE else None
         )
+
+    @property
+    def published_at(self) -> float | None:
+        """When the publisher published it (epoch seconds, ``x-published-at``), if said."""
+        value = self.headers.get(PUBLISHED_AT_HEADER)
+        if isinstance(value, (str, bytes, int, float)):
+            try:
+                published = float(value)
+            except ValueError:
+                return None
+            return published if math.isfinite(published) else None
+        return None
 
     def headers_json(self) -> str:
         """The AMQP headers as JSON; bytes become base64 and long text is cut."""

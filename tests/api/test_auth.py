@@ -1,4 +1,4 @@
-"""Every route's auth: open health probes; 401, 403 and 429 problems on the rest."""
+"""Every route's auth: open health probes and metrics; 401, 403 and 429 problems on the rest."""
 
 import uuid
 
@@ -36,7 +36,7 @@ def test_every_route_is_in_the_matrix(api_settings) -> None:
         "/v1/audit",
         "/v1/channels",
     }
-    assert paths == listed | {"/healthz", "/readyz"}
+    assert paths == listed | {"/healthz", "/readyz", "/metrics"}
 
 
 @pytest.mark.parametrize("path", PROTECTED)
@@ -71,7 +71,9 @@ async def test_revoked_token_is_refused_everywhere(
         await server.stop()
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/docs"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"]
+)
 async def test_health_and_docs_are_open(api: Api, path: str) -> None:
     """Health probes and the API description need no token."""
     response = await api.get(path, None)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dispatcher"
 #: Lowest first. Same layer, different package: no imports either way (independent).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors"}),
-    frozenset({"events", "logs"}),
+    frozenset({"events", "logs", "telemetry"}),
     frozenset({"topology", "resilience"}),
     frozenset({"db"}),
     # api.config: the API's settings model, a leaf that settings.py composes.

@@ -1,0 +1,256 @@
+"""OpenTelemetry spans of the dispatcher: publish, ingest, delivery attempts, provider tries.
+
+Off unless installed (``telemetry.setup``, from the OTEL_* variables): then every helper
+returns before touching OpenTelemetry, so tracing off costs an attribute read per call.
+Spans carry ids, names, counts and codes only: never an address, number, token or a
+payload field (docs/observability.md lists every attribute).
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from typing import Protocol
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_SCOPE = "dispatcher"
+
+
+class _State:
+    __slots__ = ("provider", "tracer")
+
+    def __init__(self) -> None:
+        self.provider: TracerProvider | None = None
+        self.tracer: trace.Tracer | None = None
+
+
+#: The process-wide switch: set once at start-up (or by a test), read on every call.
+_STATE = _State()
+
+
+def install(provider: TracerProvider) -> None:
+    """Trace with ``provider`` from now on (``telemetry.setup`` or a test's)."""
+    _STATE.provider = provider
+    _STATE.tracer = provider.get_tracer(_SCOPE)
+
+
+def uninstall() -> TracerProvider | None:
+    """Stop tracing; returns the provider that was installed (to shut it down)."""
+    provider, _STATE.provider, _STATE.tracer = _STATE.provider, None, None
+    return provider
+
+
+def provider() -> TracerProvider | None:
+    return _STATE.provider
+
+
+def enabled() -> bool:
+    return _STATE.tracer is not None
+
+
+def _context(traceparent: str | None, tracestate: str | None = None) -> Context | None:
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    ctx = _PROPAGATOR.extract(carrier)
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, None when there is none."""
+    if _STATE.tracer is None:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def log_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in hex of the current span, for log lines."""
+    if _STATE.tracer is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+@contextlib.contextmanager
+def producer(
+    exchange: str,
+    routing_key: str,
+    message_id: str | None,
+    headers: MutableMapping[str, object],
+) -> Iterator[None]:
+    """A PRODUCER span around one publish; puts ``traceparent``/``tracestate`` in
+    ``headers`` (messaging semantic conventions for RabbitMQ)."""
+    tracer = _STATE.tracer
+    if tracer is None:
+        yield
+        return
+    attributes: dict[str, str] = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    with tracer.start_as_current_span(
+        f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        headers.update(carrier)
+        yield
+
+
+class Consumed(Protocol):
+    """What an ingest span reads of one message (``ingest.incoming.Incoming``)."""
+
+    @property
+    def traceparent(self) -> str | None: ...
+    @property
+    def tracestate(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+
+
+@contextlib.contextmanager
+def ingest_batch(
+    batch: Callable[[], Sequence[Consumed]], queue: str
+) -> Iterator[Span | None]:
+    """A CONSUMER ``process`` span for one ingest transaction (``batch()`` lists its
+    messages, called only when tracing is on).
+
+    It links every message's producer context; a batch of one is also that context's
+    child, so a lone alert's trace reads publish -> process in one tree.
+    """
+    tracer = _STATE.tracer
+    if tracer is None:
+        yield None
+        return
+    messages = batch()
+    links = []
+    parent: Context | None = None
+    for message in messages:
+        ctx = _context(message.traceparent, message.tracestate)
+        if ctx is not None:
+            parent = ctx
+            span_context = trace.get_current_span(ctx).get_span_context()
+            attrs = {"messaging.message.id": message.message_id or ""}
+            links.append(Link(span_context, attrs))
+    attributes: dict[str, str | int] = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.batch.message_count": len(messages),
+    }
+    if len(messages) == 1:
+        only = messages[0]
+        if only.message_id:
+            attributes["messaging.message.id"] = only.message_id
+        if only.routing_key:
+            attributes["messaging.rabbitmq.destination.routing_key"] = only.routing_key
+    with tracer.start_as_current_span(
+        f"process {queue}",
+        context=parent if len(messages) == 1 else Context(),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def delivery_attempt(
+    channel: str,
+    *,
+    traceparent: str | None,
+    delivery_id: str,
+    event_id: str,
+    attempt: int,
+    severity: str,
+) -> Iterator[Span | None]:
+    """An INTERNAL span for one attempt at one delivery, in the event's stored trace."""
+    tracer = _STATE.tracer
+    if tracer is None:
+        yield None
+        return
+    with tracer.start_as_current_span(
+        f"deliver {channel}",
+        context=_context(traceparent) or Context(),
+        attributes={
+            "dispatcher.channel": channel,
+            "dispatcher.delivery_id": delivery_id,
+            "dispatcher.event_id": event_id,
+            "dispatcher.attempt": attempt,
+            "dispatcher.severity": severity,
+        },
+    ) as span:
+        yield span
+
+
+def attempt_ended(
+    span: Span | None,
+    *,
+    status: str,
+    provider: str | None,
+    error_class: str | None,
+) -> None:
+    """Record how the attempt ended: the delivery's new status, and why."""
+    if span is None:
+        return
+    span.set_attribute("dispatcher.outcome", status)
+    if provider:
+        span.set_attribute("dispatcher.provider", provider)
+    if error_class:
+        span.set_attribute("error.type", error_class)
+        if status == "dead":
+            span.set_status(Status(StatusCode.ERROR, error_class))
+
+
+@contextlib.contextmanager
+def provider_try(channel: str, provider: str, attempt: int) -> Iterator[Span | None]:
+    """A CLIENT span for one provider try; the adapter's request carries its context."""
+    tracer = _STATE.tracer
+    if tracer is None:
+        yield None
+        return
+    with tracer.start_as_current_span(
+        f"send {channel}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "dispatcher.channel": channel,
+            "dispatcher.provider": provider,
+            "dispatcher.attempt": attempt,
+        },
+    ) as span:
+        yield span
+
+
+def try_ended(
+    span: Span | None,
+    *,
+    outcome: str,
+    error_class: str | None,
+    provider_code: str | None,
+) -> None:
+    if span is None:
+        return
+    span.set_attribute("dispatcher.outcome", outcome)
+    if provider_code:
+        span.set_attribute("dispatcher.provider_status_code", provider_code)
+    if error_class:
+        span.set_attribute("error.type", error_class)
+        span.set_status(Status(StatusCode.ERROR, error_class))

@@ -1,0 +1,140 @@
+"""One trace from publish to delivered, for every channel, through a real replica.
+
+Spans go to an in-memory exporter; the far ends are the local SMTP, Twilio-compatible and
+webhook servers, and the webhook receiver records the ``traceparent`` it was sent.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind
+
+from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.sinks.twilio import TwilioSink
+from dispatcher.sinks.webhook import WebhookSink
+from dispatcher.telemetry import tracing
+from tests.delivery.harness import (
+    StackFactory,
+    email_channel,
+    event_to,
+    sms_channel,
+    webhook_channel,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
+
+EMAIL = ("email", "crisis-team@example.org")
+PHONE = ("sms", "+15550100001")
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield exporter
+    tracing.uninstall()
+    provider.shutdown()
+
+
+def trace_of(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return int(span.context.trace_id)
+
+
+async def test_one_trace_from_publish_to_delivered_on_every_channel(
+    stack: StackFactory,
+    spans: InMemorySpanExporter,
+    smtp_sink: SmtpSink,
+    twilio_sink: TwilioSink,
+    webhook_sink: WebhookSink,
+) -> None:
+    """publish -> process -> deliver (-> send) share the producer's trace id for email,
+    SMS and webhook; a retried delivery's attempts join it too; the webhook receiver
+    gets that trace id in ``traceparent``; no span carries an address or number."""
+    webhook_sink.respond("/monitor", 503, times=1)
+    channels = {
+        "email": email_channel(smtp_sink.port),
+        "sms": sms_channel(twilio_sink.base_url),
+        "webhook": webhook_channel(webhook_sink.url, ["monitor"]),
+    }
+    async with stack(channels=channels) as s:
+        (event_id,) = await s.publish(
+            event_to(EMAIL, PHONE, ("webhook", "monitor"), severity="critical")
+        )
+        rows = await s.wait_final([event_id], count=3)
+    assert {r.status for r in rows} == {"delivered"}
+    finished = spans.get_finished_spans()
+
+    (publish,) = [s for s in finished if s.kind is SpanKind.PRODUCER]
+    trace_id = trace_of(publish)
+    assert publish.attributes is not None
+    assert publish.attributes["messaging.system"] == "rabbitmq"
+    assert publish.attributes["messaging.message.id"] == str(event_id)
+
+    (process,) = [s for s in finished if s.kind is SpanKind.CONSUMER]
+    assert process.attributes is not None
+    assert process.attributes["messaging.operation.type"] == "process"
+    assert process.attributes["messaging.batch.message_count"] == 1
+    assert trace_of(process) == trace_id  # a batch of one is the producer's child
+    assert [link.context.span_id for link in process.links] == [
+        publish.context.span_id if publish.context else None
+    ]
+
+    attempts = [s for s in finished if s.name.startswith("deliver ")]
+    by_channel: dict[str, list[ReadableSpan]] = {}
+    for span in attempts:
+        assert span.attributes is not None
+        by_channel.setdefault(str(span.attributes["dispatcher.channel"]), []).append(
+            span
+        )
+        assert trace_of(span) == trace_id
+        assert span.parent is not None
+        assert span.parent.span_id == (
+            publish.context.span_id if publish.context else 0
+        )
+    assert sorted(by_channel) == ["email", "sms", "webhook"]
+    for channel in ("email", "sms"):
+        (only,) = by_channel[channel]
+        assert only.attributes is not None
+        assert only.attributes["dispatcher.outcome"] == "delivered"
+    first, second = sorted(
+        by_channel["webhook"],
+        key=lambda s: (
+            int(str(s.attributes["dispatcher.attempt"])) if s.attributes else 0
+        ),
+    )
+    assert first.attributes is not None
+    assert second.attributes is not None
+    assert (first.attributes["dispatcher.outcome"], first.attributes["error.type"]) == (
+        "pending",
+        "provider_transient",
+    )
+    assert second.attributes["dispatcher.outcome"] == "delivered"
+
+    sends = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert all(trace_of(s) == trace_id for s in sends)
+    codes = sorted(
+        str(s.attributes.get("dispatcher.provider_status_code"))
+        for s in sends
+        if s.attributes and s.attributes["dispatcher.channel"] == "webhook"
+    )
+    assert codes == ["200", "503"]
+
+    received = webhook_sink.requests("/monitor")
+    assert len(received) == 2
+    for request in received:
+        version, trace_hex, _span_hex, _flags = request.headers["traceparent"].split(
+            "-"
+        )
+        assert (version, int(trace_hex, 16)) == ("00", trace_id)
+
+    text = repr([(s.name, dict(s.attributes or {}), s.events) for s in finished])
+    for secret in (EMAIL[1], PHONE[1]):
+        assert secret not in text
