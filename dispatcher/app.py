@@ -34,7 +34,8 @@ from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.ingest.acker import AckableMessage, Acker
 from dispatcher.ingest.batcher import Batcher
-from dispatcher.ingest.consumer import IngestConsumer, IngestRouter
+from dispatcher.ingest.consumer import IngestConsumer
+from dispatcher.ingest.intake import Intake
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.settings import Settings
@@ -72,7 +73,7 @@ class IngestService:
             queue=topology.ingest_queue(settings.queue_prefix),
         )
         endpoints = settings.channels.webhook.endpoints
-        self.router = IngestRouter(
+        self.intake = Intake(
             self.batcher,
             max_body_bytes=settings.ingest.max_body_bytes,
             rules=settings.routing,
@@ -89,7 +90,7 @@ class IngestService:
             if (tracer_provider := tracing.provider()) is not None
             else [],
         )
-        self.consumer = IngestConsumer(self.broker, settings, self.router)
+        self.consumer = IngestConsumer(self.broker, settings, self.intake)
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -318,12 +318,12 @@ async def test_broker_connection_reset_restores_the_consumer_and_loses_nothing(
             ]
             await publish(settings, events[:100])  # straight to the broker
             assert await wait_count(engine, "SELECT count(*) FROM events", 100) == 100
-            assert await ingest_delivery_callback(service) == service.router.on_delivery
+            assert await ingest_delivery_callback(service) == service.intake.on_delivery
             relay.reset()
             await publish(settings, events[100:])
             assert await wait_count(engine, "SELECT count(*) FROM events", 200) == 200
             assert relay.connections >= 2, "the dispatcher reconnected"
-            assert await ingest_delivery_callback(service) == service.router.on_delivery
+            assert await ingest_delivery_callback(service) == service.intake.on_delivery
         finally:
             await service.stop()
     # Stopped and disconnected: anything left unacked would be back in the queue.

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Every library with a kept internal, and the module that relies on it.
 RELIED_ON = {
-    "aiormq": "dispatcher/ingest/consumer.py (the consumer callback swap)",
-    "aio-pika": "dispatcher/ingest/consumer.py (the consumer callback swap)",
+    "aiormq": "dispatcher/ingest/intake.py (the consumer callback swap)",
+    "aio-pika": "dispatcher/ingest/intake.py (the consumer callback swap)",
     "aiosmtplib": "dispatcher/channels/smtppipe.py (PIPELINING)",
     "aiosmtpd": "dispatcher/sinks/smtp.py (the MAIL/RCPT path shortcut)",
     "email-validator": "dispatcher/events/address.py (the plain-address shortcut)",
