@@ -114,7 +114,7 @@ async def test_delivered_signed_and_shaped(sink: WebhookSink, open_channel) -> N
 
     assert receipt.provider == "monitor"
     assert receipt.provider_code == "200"
-    (request,) = sink.requests("/monitor")
+    (request,) = sink.received_on("/monitor")
     for secret in (NEW_SECRET, OLD_SECRET):
         Webhook(secret).verify(request.body, request.headers)
     assert request.webhook_id == str(msg.delivery_id)
@@ -146,7 +146,7 @@ async def test_retry_keeps_id_and_is_accepted_once(
     await fail(channel, msg)
     await channel.send(dataclasses.replace(msg, attempt=2))
 
-    first, second = sink.requests("/monitor")
+    first, second = sink.received_on("/monitor")
     assert first.webhook_id == second.webhook_id == str(msg.delivery_id)
     assert int(second.headers["webhook-timestamp"]) > int(
         first.headers["webhook-timestamp"]
@@ -176,7 +176,7 @@ async def test_client_errors_are_permanent_after_one_attempt(
     assert isinstance(error, PermanentDeliveryError)
     assert error.error_class is error_class
     assert error.provider_code == str(status)
-    assert len(sink.requests("/monitor")) == 1
+    assert len(sink.received_on("/monitor")) == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
@@ -238,7 +238,7 @@ async def test_hanging_endpoint_is_cut_by_the_deadline_others_unaffected(
     assert isinstance(stuck, TimeoutError)
     assert isinstance(healthy, float)
     assert healthy < 0.5
-    assert len(sink.requests("/healthy")) == 1
+    assert len(sink.received_on("/healthy")) == 1
     # The pool survives the cancelled request.
     await channel.send(message("healthy"))
 
@@ -273,13 +273,13 @@ async def test_down_endpoint_is_a_connection_error_then_recovers(
     """A refused connection is transient; once the endpoint is back it is delivered."""
     channel = open_channel(make_config(sink, monitor={}))
     await channel.send(message("monitor"))
-    await sink.down()
+    await sink.go_down()
     error = await fail(channel, message("monitor"))
     assert error.error_class is ErrorClass.CONNECTION
     assert isinstance(error, TransientDeliveryError)
-    await sink.up()
+    await sink.come_up()
     await channel.send(message("monitor"))
-    assert len(sink.requests("/monitor")) == 2
+    assert len(sink.received_on("/monitor")) == 2
 
 
 async def test_unknown_endpoint_is_invalid_recipient(
@@ -289,7 +289,7 @@ async def test_unknown_endpoint_is_invalid_recipient(
     error = await fail(open_channel(make_config(sink, monitor={})), message("nowhere"))
     assert isinstance(error, PermanentDeliveryError)
     assert error.error_class is ErrorClass.INVALID_RECIPIENT
-    assert sink.requests() == []
+    assert sink.received == []
 
 
 async def test_endpoint_without_secret_is_refused_at_construction(
@@ -336,12 +336,12 @@ async def test_tls_is_verified(tls: dict[str, Any], open_channel, trust: str) ->
         channel = open_channel(config)
         if trust == "right":
             await channel.send(message("monitor"))
-            assert len(https_sink.requests("/monitor")) == 1
+            assert len(https_sink.received_on("/monitor")) == 1
         else:
             error = await fail(channel, message("monitor"))
             assert error.error_class is ErrorClass.TLS
             assert isinstance(error, TransientDeliveryError)
-            assert https_sink.requests() == []
+            assert https_sink.received == []
 
 
 async def test_flaky_sink_is_reproducible_per_seed() -> None:
@@ -391,14 +391,14 @@ async def test_no_secret_signature_body_or_query_in_logs_or_errors(
                 await channel.send(message("monitor", data={"contact": canary}))
             except DeliveryError as exc:
                 errors.append(f"{exc!s} {exc!r} {exc.__cause__!r}")
-        await sink.down()
+        await sink.go_down()
         try:
             await channel.send(message("monitor", data={"contact": canary}))
         except DeliveryError as exc:
             errors.append(f"{exc!s} {exc!r}")
         await channel.aclose()
 
-    signatures = [r.headers["webhook-signature"] for r in sink.requests()]
+    signatures = [r.headers["webhook-signature"] for r in sink.received]
     assert len(signatures) == 4
     haystack = "\n".join(
         [caplog.text, *(json.dumps(entry, default=str) for entry in logs), *errors]
