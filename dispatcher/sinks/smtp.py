@@ -15,9 +15,15 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any, Final, Literal, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
-
+from dispatcher.errors import MissingExtra
 from dispatcher.sinks.base import Sink
+
+try:
+    from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+except ModuleNotFoundError as missing:
+    if missing.name != "aiosmtpd":
+        raise
+    raise MissingExtra("demo", "aiosmtpd") from None
 
 # aiosmtpd logs every command line, addresses included, at INFO.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
