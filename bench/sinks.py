@@ -21,10 +21,12 @@ import asyncio
 import json
 import re
 import signal
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
+from dispatcher.sinks.base import Sink
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.sinks.twilio import TwilioSink
 from dispatcher.sinks.webhook import WebhookSink
@@ -41,25 +43,28 @@ class Sinks:
             port=args.sms_port, account_sid=SMS_SID, auth_token=SMS_TOKEN
         )
         self.webhook = WebhookSink(port=args.webhook_port)
+        self.by_channel: dict[str, Sink[Any]] = {
+            "email": self.smtp,
+            "sms": self.sms,
+            "webhook": self.webhook,
+        }
         self.control_port = args.control_port
 
     async def start(self) -> None:
-        await self.smtp.start()
-        await self.sms.start()
-        await self.webhook.start()
+        for sink in self.by_channel.values():
+            await sink.start()
+
+    async def stop(self) -> None:
+        for sink in self.by_channel.values():
+            await sink.stop()
 
     def reset(self) -> None:
-        self.smtp.received.clear()
-        self.sms.received.clear()
-        self.webhook._requests.clear()  # noqa: SLF001 - our own bench, no public reset
+        for sink in self.by_channel.values():
+            sink.received.clear()
         self.webhook.accepted.clear()
 
     def counts(self) -> dict[str, int]:
-        return {
-            "email": len(self.smtp.received),
-            "sms": len(self.sms.received),
-            "webhook": len(self.webhook._requests),  # noqa: SLF001 - no copy per poll
-        }
+        return {name: len(sink.received) for name, sink in self.by_channel.items()}
 
     def dump(self) -> dict[str, list[tuple[str | None, float]]]:
         sms = []
@@ -68,7 +73,7 @@ class Sinks:
             sms.append((match.group(1) if match else None, r.received_at))
         webhook = [
             (json.loads(w.body).get("event_id"), w.received_at)
-            for w in self.webhook.requests()
+            for w in self.webhook.received
             if w.status is not None and 200 <= w.status < 300
         ]
         return {
@@ -76,22 +81,6 @@ class Sinks:
             "sms": sms,
             "webhook": webhook,
         }
-
-    async def down(self, channel: str) -> None:
-        if channel == "email":
-            await self.smtp.go_down()
-        elif channel == "sms":
-            await self.sms.go_down()
-        else:
-            await self.webhook.down()
-
-    async def up(self, channel: str) -> None:
-        if channel == "email":
-            await self.smtp.come_up()
-        elif channel == "sms":
-            await self.sms.come_up()
-        else:
-            await self.webhook.up()
 
     def app(self) -> web.Application:
         async def count(_request: web.Request) -> web.Response:
@@ -106,7 +95,8 @@ class Sinks:
 
         async def switch(request: web.Request) -> web.Response:
             channel, state = request.match_info["channel"], request.match_info["state"]
-            await (self.down(channel) if state == "down" else self.up(channel))
+            sink = self.by_channel[channel]
+            await (sink.go_down() if state == "down" else sink.come_up())
             return web.json_response({})
 
         app = web.Application()
@@ -130,9 +120,7 @@ async def main(args: argparse.Namespace) -> None:
     print("sinks.ready", flush=True)
     await stop.wait()
     await runner.cleanup()
-    await sinks.webhook.stop()
-    await sinks.sms.stop()
-    await sinks.smtp.stop()
+    await sinks.stop()
 
 
 if __name__ == "__main__":

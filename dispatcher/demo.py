@@ -162,14 +162,14 @@ async def run_demo(settings: Settings, *, events: int = 6) -> None:
         console.print(
             f"\nlocal sinks received: {len(smtp.received)} emails, "
             f"{len(twilio.received)} SMS, "
-            f"{sum(1 for r in webhook.requests() if r.status == HTTPStatus.OK)} webhooks "
-            f"({sum(1 for r in webhook.requests() if r.status == HTTPStatus.NOT_FOUND)} refused with 404)"
+            f"{sum(1 for r in webhook.received if r.status == HTTPStatus.OK)} webhooks "
+            f"({sum(1 for r in webhook.received if r.status == HTTPStatus.NOT_FOUND)} refused with 404)"
         )
         for mail in smtp.received[:3]:
             console.print(f"  email Message-ID {mail.message_id}")
         for sms in twilio.received[:3]:
             console.print(f"  SMS {sms.sid}")
-        for request in webhook.requests()[:3]:
+        for request in webhook.received[:3]:
             console.print(
                 f"  webhook {request.path} webhook-id {request.webhook_id} -> {request.status}"
             )

@@ -18,6 +18,17 @@ class ConfigError(DispatcherError, ValueError):
     """Invalid configuration."""
 
 
+class MissingExtra(DispatcherError, ImportError):
+    """An optional part of dispatcher is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"the optional extra '{extra}' is not installed (no module {module}):"
+            f" pip install 'dispatcher[{extra}]'"
+        )
+        self.extra = extra
+
+
 class StorageUnavailable(DispatcherError):
     """PostgreSQL is unreachable or the connection broke; the operation may be retried."""
 

@@ -1,5 +1,6 @@
-"""Shared fixtures: real PostgreSQL (template database per session, fresh copy per test) and
-real RabbitMQ (fresh names per test). In CI a missing service fails; elsewhere it skips."""
+"""Shared fixtures: real PostgreSQL (template database per session, fresh copy per test),
+real RabbitMQ (fresh names per test) and the local sink servers. In CI a missing service
+fails; elsewhere it skips."""
 
 import asyncio
 import os
@@ -16,6 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade
 from dispatcher.settings import Settings
+from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.sinks.twilio import TwilioSink
+from dispatcher.sinks.webhook import WebhookSink
+from tests.channels import TWILIO_SID, TWILIO_TOKEN
 
 DATABASE_URL = os.environ.get(
     "DISPATCHER_DATABASE_URL",
@@ -154,3 +159,21 @@ def make_settings(names: dict[str, str]) -> Callable[..., Settings]:
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture
+async def smtp_sink() -> AsyncIterator[SmtpSink]:
+    async with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+async def twilio_sink() -> AsyncIterator[TwilioSink]:
+    async with TwilioSink(TWILIO_SID, TWILIO_TOKEN) as sink:
+        yield sink
+
+
+@pytest.fixture
+async def webhook_sink() -> AsyncIterator[WebhookSink]:
+    async with WebhookSink(seed=1234) as sink:
+        yield sink

@@ -13,9 +13,17 @@ import time
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
-from typing import Any, Final, Literal, Self, cast
+from typing import Any, Final, Literal, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from dispatcher.errors import MissingExtra
+from dispatcher.sinks.base import Sink
+
+try:
+    from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+except ModuleNotFoundError as missing:
+    if missing.name != "aiosmtpd":
+        raise
+    raise MissingExtra("demo", "aiosmtpd") from None
 
 # aiosmtpd logs every command line, addresses included, at INFO.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -156,7 +164,7 @@ class _Handler:
         return f"250 2.0.0 OK: queued as {queue_id}"
 
 
-class SmtpSink:
+class SmtpSink(Sink[ReceivedMail]):
     """SMTP server on ``127.0.0.1``; ``port=0`` picks a free port (see ``.port``).
 
     It offers PIPELINING (RFC 2920) in its EHLO reply unless ``pipelining=False``, and
@@ -186,9 +194,7 @@ class SmtpSink:
         pipelining: bool = True,
         smtputf8: bool = False,
     ) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
-        self.received: list[ReceivedMail] = []
+        super().__init__(host="127.0.0.1", port=port)
         #: Set whenever a message is accepted; clear it to wait for the next one.
         self.accepted = asyncio.Event()
         #: TCP connections accepted, and DATA commands seen.
@@ -263,34 +269,21 @@ class SmtpSink:
             timeout=30,
         )
 
-    async def start(self) -> Self:
-        """Listen; on the same port again after ``go_down``."""
+    async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
-    async def stop(self) -> None:
-        """Stop listening and cut every open connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+    async def _unlisten(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # Before waiting: from Python 3.12 on, wait_closed waits for the connections too.
         for transport in list(self._transports):
             transport.abort()
         self._transports.clear()
-
-    async def go_down(self) -> None:
-        await self.stop()
-
-    async def come_up(self) -> None:
-        await self.start()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        if server is not None:
+            await server.wait_closed()
 
 
 class _Tracked(SMTP):

@@ -13,9 +13,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import hdrs, web
+
+from dispatcher.sinks.http import HttpSink
 
 _API = "/2010-04-01"
 _MESSAGES: Final = re.compile(_API + r"/Accounts/([^/]+)/Messages\.json")
@@ -43,7 +45,7 @@ class _Fault:
     retry_after: str | None
 
 
-class TwilioSink:
+class TwilioSink(HttpSink[ReceivedSms]):
     """Twilio-like HTTP server on ``127.0.0.1``; ``port=0`` picks a free port.
 
     Faults, switchable at any time:
@@ -55,10 +57,8 @@ class TwilioSink:
     """
 
     def __init__(self, account_sid: str, auth_token: str, *, port: int = 0) -> None:
+        super().__init__(host="127.0.0.1", port=port)
         self.account_sid = account_sid
-        self.host = "127.0.0.1"
-        self.port = port
-        self.received: list[ReceivedSms] = []
         #: Requests that reached the handler, including refused ones.
         self.requests = 0
         self.delay: float | None = None
@@ -70,19 +70,11 @@ class TwilioSink:
         self._sid_prefix = "SM" + secrets.token_hex(8)
         self._sids = itertools.count()
         self._date = (0, "")
-        self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
 
     @property
     def connections(self) -> int:
         """Distinct client connections that sent requests (keep-alive reuse keeps it low)."""
         return len(self._peers)
-
-    @property
-    def open_connections(self) -> int:
-        """Client connections open right now."""
-        server = self._runner.server if self._runner is not None else None
-        return len(server.connections) if server is not None else 0
 
     @property
     def base_url(self) -> str:
@@ -103,42 +95,6 @@ class TwilioSink:
     def heal(self) -> None:
         self._fault = None
         self.delay = None
-
-    async def start(self) -> Self:
-        if self._runner is None:
-            # aiohttp's low-level server: one endpoint needs no application, router
-            # or middleware chain per request.
-            server = web.Server(self._handle, access_log=None)
-            self._runner = web.ServerRunner(server, shutdown_timeout=0.1)
-            await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self.port)
-        await self._site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        self._site = None
-
-    async def go_down(self) -> None:
-        """Stop listening and drop kept-alive connections; ``come_up`` reuses the port."""
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        if self._runner is not None and self._runner.server is not None:
-            for handler in self._runner.server.connections:
-                handler.force_close()
-
-    async def come_up(self) -> None:
-        await self.start()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def _handle(self, request: web.BaseRequest) -> web.Response:
         route = _MESSAGES.fullmatch(request.path)

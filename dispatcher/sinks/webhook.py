@@ -11,9 +11,11 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Literal
 
 from aiohttp import web
+
+from dispatcher.sinks.http import HttpSink
 
 FaultKind = Literal["status", "redirect", "hang", "trickle", "flaky", "latency"]
 
@@ -49,8 +51,10 @@ class _Fault:
     longest: float = 0.0
 
 
-class WebhookSink:
+class WebhookSink(HttpSink[ReceivedRequest]):
     """An aiohttp server on loopback that answers 200 unless told otherwise.
+
+    ``received`` holds every request, answered or not, with the status it got.
 
     Args:
         host: Address to listen on (any loopback address, e.g. ``127.0.0.2``).
@@ -67,71 +71,20 @@ class WebhookSink:
         ssl_context: ssl.SSLContext | None = None,
         seed: int = 0,
     ) -> None:
-        self.host = host
-        self._port = port
-        self._ssl = ssl_context
+        super().__init__(host=host, port=port, ssl_context=ssl_context)
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not crypto
         self._faults: dict[str, _Fault] = {}
-        self._requests: list[ReceivedRequest] = []
-        #: ``wait_for`` callers: how many requests (to which path) each waits for.
-        self._waiters: list[tuple[int, str | None, asyncio.Future[None]]] = []
         self._release = asyncio.Event()
         #: Accepted (2xx) requests per ``webhook-id``.
         self.accepted: Counter[str] = Counter()
-        self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     def url(self, path: str = "/") -> str:
         scheme = "https" if self._ssl else "http"
-        return f"{scheme}://{self.host}:{self._port}{path}"
-
-    async def start(self) -> None:
-        # aiohttp's low-level server: every path is handled alike, so no application,
-        # router or middleware chain per request.
-        server = web.Server(self._handle, access_log=None)
-        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await self.up()
+        return f"{scheme}://{self.host}:{self.port}{path}"
 
     async def stop(self) -> None:
         self._release.set()  # let hanging handlers finish so shutdown is quick
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        self._site = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
-
-    async def down(self) -> None:
-        """Refuse connections (stop listening, drop open ones) until ``up``."""
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-        server = self._runner.server if self._runner is not None else None
-        if server is not None:
-            await server.shutdown(0.1)
-
-    async def up(self) -> None:
-        """Listen again, on the same port."""
-        if self._runner is None:
-            raise RuntimeError("WebhookSink.up() before start()")
-        self._site = web.TCPSite(
-            self._runner, self.host, self._port, ssl_context=self._ssl
-        )
-        await self._site.start()
-        if self._port == 0:
-            # aiohttp has no public getter; the server is asyncio's or uvloop's.
-            server: Any = self._site._server  # noqa: SLF001
-            self._port = server.sockets[0].getsockname()[1]
+        await super().stop()
 
     # -- faults ---------------------------------------------------------------------
 
@@ -193,33 +146,13 @@ class WebhookSink:
 
     # -- what was received ------------------------------------------------------------
 
-    def requests(self, path: str | None = None) -> list[ReceivedRequest]:
-        return [r for r in self._requests if path is None or r.path == path]
+    def received_on(self, path: str) -> list[ReceivedRequest]:
+        """The requests to ``path``, oldest first."""
+        return [r for r in self.received if r.path == path]
 
     def duplicates(self) -> list[str]:
         """``webhook-id``s accepted more than once."""
         return [wid for wid, n in self.accepted.items() if n > 1]
-
-    async def wait_for(
-        self, count: int, path: str | None = None
-    ) -> list[ReceivedRequest]:
-        """Wait until at least ``count`` requests (to ``path``) have arrived.
-
-        Callers bound the wait with ``asyncio.timeout``.
-        """
-        if len(self.requests(path)) < count:
-            waiter = (count, path, asyncio.get_running_loop().create_future())
-            self._waiters.append(waiter)
-            try:
-                await waiter[2]
-            finally:
-                self._waiters.remove(waiter)
-        return self.requests(path)
-
-    def _wake(self) -> None:
-        for count, path, future in self._waiters:
-            if not future.done() and len(self.requests(path)) >= count:
-                future.set_result(None)
 
     # -- serving ----------------------------------------------------------------------
 
@@ -243,15 +176,13 @@ class WebhookSink:
         if fault is not None and fault.kind == "hang":
             status = None
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self._requests.append(
+        self.received.append(
             ReceivedRequest(request.path, headers, body, received_at, status)
         )
         if status is not None and 200 <= status < 300:  # noqa: PLR2004
             webhook_id = headers.get("webhook-id")
             if webhook_id is not None:
                 self.accepted[webhook_id] += 1
-        if self._waiters:
-            self._wake()
         return await self._answer(request, fault)
 
     async def _answer(

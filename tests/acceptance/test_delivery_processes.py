@@ -106,7 +106,7 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
         first = await start(env, tmp_path / "first.log")
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(40)]
         await Stack(make_settings(database), engine, deliver=False).publish(*events)
-        await wait_for(lambda: len(sink.requests()) >= 20, "20 requests at the sink")
+        await wait_for(lambda: len(sink.received) >= 20, "20 requests at the sink")
         first.signal(signal.SIGKILL)
         # The sink runs on this test's event loop: block it (a plain wait) and requests
         # already sent sit unread, and attempts can even run into their deadline there.
@@ -115,7 +115,7 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
         # before the second replica starts came from the first, so it is the set of sends
         # under way (or done) when the replica died.
         await asyncio.sleep(0.5)
-        before_kill = {r.webhook_id for r in sink.requests()}
+        before_kill = {r.webhook_id for r in sink.received}
         await start(env, tmp_path / "second.log")
         done = await wait_delivered(engine, 120, timeout=120)
     assert done == 120

@@ -1,4 +1,5 @@
-"""Fixtures for delivery scenarios: sinks that tests start, and a replica factory."""
+"""Fixtures for delivery scenarios: a second relay, and a replica factory (the sinks
+themselves: tests/conftest.py)."""
 
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -8,34 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
-from dispatcher.sinks.twilio import TwilioSink
-from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import SMS_SID, SMS_TOKEN, Stack, StackFactory
+from tests.delivery.harness import Stack, StackFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 
 @pytest.fixture
-async def webhook_sink() -> AsyncIterator[WebhookSink]:
-    async with WebhookSink(seed=1234) as sink:
-        yield sink
-
-
-@pytest.fixture
-async def smtp_sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 async def smtp_backup() -> AsyncIterator[SmtpSink]:
     async with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-async def twilio_sink() -> AsyncIterator[TwilioSink]:
-    async with TwilioSink(SMS_SID, SMS_TOKEN) as sink:
         yield sink
 
 

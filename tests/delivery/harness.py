@@ -19,6 +19,7 @@ from dispatcher.events.kinds import ChannelKind
 from dispatcher.publisher import Publisher
 from dispatcher.settings import Settings
 from dispatcher.testing import make_event
+from tests.channels import TWILIO_SID, TWILIO_TOKEN
 from tests.waiting import NotYet, wait_for
 
 #: Whsec secret for every test endpoint (24 zero bytes, base64); not a real secret.
@@ -55,10 +56,6 @@ def webhook_channel(
     }
 
 
-SMS_SID = "AC" + "0" * 32
-SMS_TOKEN = "test-token-not-secret"
-
-
 def email_channel(*ports: int, **overrides: Any) -> dict[str, Any]:
     """Email through SMTP sinks on these ports, in failover order."""
     providers = [
@@ -82,8 +79,8 @@ def sms_channel(*base_urls: str, **overrides: Any) -> dict[str, Any]:
     providers = [
         {
             "name": f"twilio-{n}",
-            "account_sid": SMS_SID,
-            "auth_token": SMS_TOKEN,
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
             "from_number": "+15550009999",
             "base_url": url,
             "timeout": 2.0,

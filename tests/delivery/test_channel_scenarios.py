@@ -76,7 +76,7 @@ async def test_smtp_timing_out_during_a_crisis_delays_only_email(
         str(by_channel(rows)["email"].id)
     ]
     assert len(twilio_sink.received) == 1
-    assert len(webhook_sink.requests("/safety-monitor")) == 1
+    assert len(webhook_sink.received_on("/safety-monitor")) == 1
 
 
 async def test_sms_gateway_unreachable_email_and_webhook_still_sent(
@@ -114,7 +114,7 @@ async def test_every_channel_down_nothing_lost_everything_delivered_after_recove
 ) -> None:
     await smtp_sink.go_down()
     await twilio_sink.go_down()
-    await webhook_sink.down()
+    await webhook_sink.go_down()
     async with stack(channels=all_channels(smtp_sink, twilio_sink, webhook_sink)) as s:
         ids = await s.publish(
             *(event_to(TEAM, ON_CALL, MONITOR, severity="critical") for _ in range(5))
@@ -136,7 +136,7 @@ async def test_every_channel_down_nothing_lost_everything_delivered_after_recove
 
         await smtp_sink.come_up()
         await twilio_sink.come_up()
-        await webhook_sink.up()
+        await webhook_sink.come_up()
         rows = await s.wait_final(ids, count=15, timeout=40)
     assert {r.status for r in rows} == {"delivered"}
     assert len(smtp_sink.received) == 5

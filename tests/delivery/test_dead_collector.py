@@ -62,7 +62,7 @@ async def test_a_black_hole_collector_changes_nothing_for_ingest_and_delivery(
             )
             rows = await s.wait_final(ids, count=40)
         assert {r.status for r in rows} == {"delivered"}
-        assert len(webhook_sink.requests("/monitor")) == 40
+        assert len(webhook_sink.received_on("/monitor")) == 40
         # Queue overflow, then failed exports.
         await wait_for(lambda: dropped() > before, "a dropped span counted", timeout=30)
     finally:

@@ -261,7 +261,7 @@ async def test_claims_whose_outcome_never_came_back_use_up_the_attempt_budget(
     async with Stack(settings, engine) as s:
         (row,) = await s.wait_final([event_id], count=1)
         dead = await s.audit("delivery.dead_lettered")
-    assert webhook_sink.requests() == []
+    assert webhook_sink.received == []
     assert (row.status, row.attempts) == ("dead", max_attempts + 1)
     assert [d.detail["reason"] for d in dead] == ["max_attempts"]
 

@@ -127,7 +127,7 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     )
     assert codes == ["200", "503"]
 
-    received = webhook_sink.requests("/monitor")
+    received = webhook_sink.received_on("/monitor")
     assert len(received) == 2
     for request in received:
         version, trace_hex, _span_hex, _flags = request.headers["traceparent"].split(

@@ -53,7 +53,7 @@ async def test_one_failing_endpoint_of_three_does_not_hold_back_the_others(
         rows = await s.wait_final(ids, count=15)
     assert {r.status for r in rows} == {"delivered"}
     assert webhook_sink.duplicates() == []
-    for request in webhook_sink.requests():
+    for request in webhook_sink.received:
         if (
             request.status == 200
         ):  # every accepted body verifies with the reference library
@@ -101,7 +101,7 @@ async def test_404_is_dead_lettered_after_one_attempt_and_mirrored_to_the_dlq(
 
         # Set once the broker confirmed, so no sweep resends it.
         await wait_for(marked, "the dead letter marked as mirrored", timeout=5)
-    assert len(webhook_sink.requests("/case-system")) == 1
+    assert len(webhook_sink.received_on("/case-system")) == 1
 
 
 async def _get(
@@ -151,9 +151,10 @@ async def test_breaker_opens_makes_no_calls_while_open_probes_and_closes(
             "open",
             "consecutive_failures",
         )
-        assert len(webhook_sink.requests("/safety-monitor")) == 3
+        assert len(webhook_sink.received_on("/safety-monitor")) == 3
         await asyncio.sleep(1.0)  # well inside open_seconds
-        assert len(webhook_sink.requests("/safety-monitor")) == 3  # no calls while open
+        # No calls while open.
+        assert len(webhook_sink.received_on("/safety-monitor")) == 3
 
         webhook_sink.clear("/safety-monitor")
         rows = await s.wait_final(ids, count=6, timeout=20)
@@ -298,7 +299,7 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
             *(event_to(("webhook", "case-system")) for _ in range(20))
         )
         await wait_for(
-            lambda: len(webhook_sink.requests("/case-system")) >= 4,
+            lambda: len(webhook_sink.received_on("/case-system")) >= 4,
             "4 requests held by the hanging endpoint",
             timeout=10,
         )
@@ -311,7 +312,7 @@ async def test_a_hanging_endpoint_holds_only_its_own_slots(
     # Every healthy delivery finished before the first hanging attempt reached its deadline,
     # and never more than the cap of the hanging endpoint's requests were open at once.
     assert not any(r.last_error_class == "timeout" for r in hung)
-    assert len(webhook_sink.requests("/case-system")) == 4
+    assert len(webhook_sink.received_on("/case-system")) == 4
 
 
 async def test_new_deliveries_wake_the_worker_through_listen_notify(
@@ -403,7 +404,7 @@ async def test_the_sweep_finds_deliveries_no_notification_announced(
             event_ids=[event_id],
             what="the swept retry delivered",
         )
-    assert len(webhook_sink.requests("/crisis-line")) == 2
+    assert len(webhook_sink.received_on("/crisis-line")) == 2
     assert rows[0].delivered_at is not None
 
 

@@ -9,7 +9,7 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from ipaddress import ip_network
@@ -33,6 +33,7 @@ from dispatcher.errors import (
 )
 from dispatcher.events.kinds import Severity
 from dispatcher.sinks.webhook import WebhookSink
+from tests.channels import Closer, send_error
 from tests.listener import ConnectionCounter
 
 OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -57,53 +58,45 @@ def message(recipient: str, **overrides: Any) -> OutboundMessage:
     return OutboundMessage(**values)
 
 
-def make_config(sink: WebhookSink, **endpoints: dict[str, Any]) -> WebhookChannelConfig:
-    """One endpoint per keyword, at ``sink.url('/<name>')`` unless a url is given."""
+def make_config(
+    webhook_sink: WebhookSink, **endpoints: dict[str, Any]
+) -> WebhookChannelConfig:
+    """One endpoint per keyword, at ``webhook_sink.url('/<name>')`` unless a url is given."""
     return WebhookChannelConfig(
         allow_http=True,
         allow_private_networks=LOOPBACK,
         deadline_seconds=5.0,
         endpoints={
-            name: {"url": sink.url(f"/{name}"), "secrets": [NEW_SECRET], **extra}
+            name: {
+                "url": webhook_sink.url(f"/{name}"),
+                "secrets": [NEW_SECRET],
+                **extra,
+            }
             for name, extra in endpoints.items()
         },
     )
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[WebhookSink]:
-    async with WebhookSink() as running:
-        yield running
-
-
-@pytest.fixture
-async def open_channel() -> AsyncIterator[Callable[..., WebhookChannel]]:
-    """Builds channels and closes them after the test."""
-    channels: list[WebhookChannel] = []
+def open_channel(closing: Closer) -> Callable[..., WebhookChannel]:
+    """Builds channels, closed after the test."""
 
     def build(config: WebhookChannelConfig, **kw: Any) -> WebhookChannel:
-        channels.append(WebhookChannel(config, **kw))
-        return channels[-1]
+        return closing(WebhookChannel(config, **kw))
 
-    yield build
-    for channel in channels:
-        await channel.aclose()
+    return build
 
 
-async def fail(channel: WebhookChannel, msg: OutboundMessage) -> DeliveryError:
-    with pytest.raises(DeliveryError) as info:
-        await channel.send(msg)
-    return info.value
-
-
-async def test_delivered_signed_and_shaped(sink: WebhookSink, open_channel) -> None:
+async def test_delivered_signed_and_shaped(
+    webhook_sink: WebhookSink, open_channel
+) -> None:
     """A delivery arrives once, verifies for both rotation keys and has the documented shape."""
     config = WebhookChannelConfig(
         allow_http=True,
         allow_private_networks=LOOPBACK,
         endpoints={
             "monitor": {
-                "url": sink.url("/monitor"),
+                "url": webhook_sink.url("/monitor"),
                 "secrets": [NEW_SECRET, OLD_SECRET],
                 "headers": {"Authorization": "Bearer tok_canary"},
             }
@@ -114,7 +107,7 @@ async def test_delivered_signed_and_shaped(sink: WebhookSink, open_channel) -> N
 
     assert receipt.provider == "monitor"
     assert receipt.provider_code == "200"
-    (request,) = sink.requests("/monitor")
+    (request,) = webhook_sink.received_on("/monitor")
     for secret in (NEW_SECRET, OLD_SECRET):
         Webhook(secret).verify(request.body, request.headers)
     assert request.webhook_id == str(msg.delivery_id)
@@ -132,21 +125,23 @@ async def test_delivered_signed_and_shaped(sink: WebhookSink, open_channel) -> N
         "correlation_id": "corr-1",
         "data": {"score": 0.97},
     }
-    assert sink.duplicates() == []
+    assert webhook_sink.duplicates() == []
 
 
 async def test_retry_keeps_id_and_is_accepted_once(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """After a 503 the retry has the same id, a later timestamp, a fresh signature."""
     clock = iter([time.time() - 5, time.time()])
-    channel = open_channel(make_config(sink, monitor={}), clock=lambda: next(clock))
-    sink.respond("/monitor", 503, times=1)
+    channel = open_channel(
+        make_config(webhook_sink, monitor={}), clock=lambda: next(clock)
+    )
+    webhook_sink.respond("/monitor", 503, times=1)
     msg = message("monitor")
-    await fail(channel, msg)
+    await send_error(channel, msg)
     await channel.send(dataclasses.replace(msg, attempt=2))
 
-    first, second = sink.requests("/monitor")
+    first, second = webhook_sink.received_on("/monitor")
     assert first.webhook_id == second.webhook_id == str(msg.delivery_id)
     assert int(second.headers["webhook-timestamp"]) > int(
         first.headers["webhook-timestamp"]
@@ -155,8 +150,8 @@ async def test_retry_keeps_id_and_is_accepted_once(
     assert first.body == second.body
     assert second.headers["dispatcher-attempt"] == "2"
     Webhook(NEW_SECRET).verify(second.body, second.headers)
-    assert sink.accepted[str(msg.delivery_id)] == 1
-    assert sink.duplicates() == []
+    assert webhook_sink.accepted[str(msg.delivery_id)] == 1
+    assert webhook_sink.duplicates() == []
 
 
 @pytest.mark.parametrize(
@@ -168,49 +163,57 @@ async def test_retry_keeps_id_and_is_accepted_once(
     ],
 )
 async def test_client_errors_are_permanent_after_one_attempt(
-    sink: WebhookSink, open_channel, status: int, error_class: ErrorClass
+    webhook_sink: WebhookSink, open_channel, status: int, error_class: ErrorClass
 ) -> None:
     """4xx (other than 408/429) are permanent; the channel made exactly one request."""
-    sink.respond("/monitor", status)
-    error = await fail(open_channel(make_config(sink, monitor={})), message("monitor"))
+    webhook_sink.respond("/monitor", status)
+    error = await send_error(
+        open_channel(make_config(webhook_sink, monitor={})), message("monitor")
+    )
     assert isinstance(error, PermanentDeliveryError)
     assert error.error_class is error_class
     assert error.provider_code == str(status)
-    assert len(sink.requests("/monitor")) == 1
+    assert len(webhook_sink.received_on("/monitor")) == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
 async def test_server_errors_are_transient(
-    sink: WebhookSink, open_channel, status: int
+    webhook_sink: WebhookSink, open_channel, status: int
 ) -> None:
     """5xx and 408 are transient: a later attempt may succeed."""
-    sink.respond("/monitor", status)
-    error = await fail(open_channel(make_config(sink, monitor={})), message("monitor"))
+    webhook_sink.respond("/monitor", status)
+    error = await send_error(
+        open_channel(make_config(webhook_sink, monitor={})), message("monitor")
+    )
     assert isinstance(error, TransientDeliveryError)
     assert error.error_class is ErrorClass.PROVIDER_TRANSIENT
 
 
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
 async def test_429_retry_after_is_honoured(
-    sink: WebhookSink, open_channel, form: str
+    webhook_sink: WebhookSink, open_channel, form: str
 ) -> None:
     """429 with Retry-After (delta-seconds or HTTP-date) sets retry_after."""
     when = datetime.now(UTC) + timedelta(seconds=120)
     value = "120" if form == "seconds" else format_datetime(when, usegmt=True)
-    sink.respond("/monitor", 429, retry_after=value)
-    error = await fail(open_channel(make_config(sink, monitor={})), message("monitor"))
+    webhook_sink.respond("/monitor", 429, retry_after=value)
+    error = await send_error(
+        open_channel(make_config(webhook_sink, monitor={})), message("monitor")
+    )
     assert isinstance(error, TransientDeliveryError)
     assert error.error_class is ErrorClass.RATE_LIMITED
     assert error.retry_after is not None
     assert 110 <= error.retry_after <= 120
 
 
-async def test_redirect_is_not_followed(sink: WebhookSink, open_channel) -> None:
+async def test_redirect_is_not_followed(
+    webhook_sink: WebhookSink, open_channel
+) -> None:
     """A 302 to loopback fails the attempt as redirect; the target sees no connection."""
     async with ConnectionCounter() as target:
-        sink.redirect("/monitor", f"http://127.0.0.1:{target.port}/")
-        error = await fail(
-            open_channel(make_config(sink, monitor={})), message("monitor")
+        webhook_sink.redirect("/monitor", f"http://127.0.0.1:{target.port}/")
+        error = await send_error(
+            open_channel(make_config(webhook_sink, monitor={})), message("monitor")
         )
         await asyncio.sleep(0.05)  # a followed redirect would have connected by now
     assert error.error_class is ErrorClass.REDIRECT
@@ -219,11 +222,11 @@ async def test_redirect_is_not_followed(sink: WebhookSink, open_channel) -> None
 
 
 async def test_hanging_endpoint_is_cut_by_the_deadline_others_unaffected(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """The worker's asyncio.timeout cuts a hang while another endpoint delivers at once."""
-    sink.hang("/stuck")
-    channel = open_channel(make_config(sink, stuck={}, healthy={}))
+    webhook_sink.hang("/stuck")
+    channel = open_channel(make_config(webhook_sink, stuck={}, healthy={}))
 
     async def attempt(recipient: str) -> float:
         # The worker's pattern: every send inside the attempt's overall deadline.
@@ -238,68 +241,72 @@ async def test_hanging_endpoint_is_cut_by_the_deadline_others_unaffected(
     assert isinstance(stuck, TimeoutError)
     assert isinstance(healthy, float)
     assert healthy < 0.5
-    assert len(sink.requests("/healthy")) == 1
+    assert len(webhook_sink.received_on("/healthy")) == 1
     # The pool survives the cancelled request.
     await channel.send(message("healthy"))
 
 
 async def test_endpoint_timeout_is_a_transient_timeout(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """Without an outer deadline the endpoint's own timeout gives a timeout error."""
-    sink.hang("/stuck")
-    channel = open_channel(make_config(sink, stuck={"timeout": 0.3}))
+    webhook_sink.hang("/stuck")
+    channel = open_channel(make_config(webhook_sink, stuck={"timeout": 0.3}))
     started = time.monotonic()
-    error = await fail(channel, message("stuck"))
+    error = await send_error(channel, message("stuck"))
     assert error.error_class is ErrorClass.TIMEOUT
     assert isinstance(error, TransientDeliveryError)
     assert time.monotonic() - started < 2
 
 
 async def test_slow_body_after_2xx_does_not_hold_the_attempt(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """A 200 whose body trickles is a success, read for at most about a second."""
-    sink.trickle("/monitor", interval=0.2, size=100)
+    webhook_sink.trickle("/monitor", interval=0.2, size=100)
     started = time.monotonic()
-    receipt = await open_channel(make_config(sink, monitor={})).send(message("monitor"))
+    receipt = await open_channel(make_config(webhook_sink, monitor={})).send(
+        message("monitor")
+    )
     assert receipt.provider_code == "200"
     assert time.monotonic() - started < 2.5
 
 
 async def test_down_endpoint_is_a_connection_error_then_recovers(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """A refused connection is transient; once the endpoint is back it is delivered."""
-    channel = open_channel(make_config(sink, monitor={}))
+    channel = open_channel(make_config(webhook_sink, monitor={}))
     await channel.send(message("monitor"))
-    await sink.down()
-    error = await fail(channel, message("monitor"))
+    await webhook_sink.go_down()
+    error = await send_error(channel, message("monitor"))
     assert error.error_class is ErrorClass.CONNECTION
     assert isinstance(error, TransientDeliveryError)
-    await sink.up()
+    await webhook_sink.come_up()
     await channel.send(message("monitor"))
-    assert len(sink.requests("/monitor")) == 2
+    assert len(webhook_sink.received_on("/monitor")) == 2
 
 
 async def test_unknown_endpoint_is_invalid_recipient(
-    sink: WebhookSink, open_channel
+    webhook_sink: WebhookSink, open_channel
 ) -> None:
     """A recipient that names no configured endpoint is permanent, with no request."""
-    error = await fail(open_channel(make_config(sink, monitor={})), message("nowhere"))
+    error = await send_error(
+        open_channel(make_config(webhook_sink, monitor={})), message("nowhere")
+    )
     assert isinstance(error, PermanentDeliveryError)
     assert error.error_class is ErrorClass.INVALID_RECIPIENT
-    assert sink.requests() == []
+    assert webhook_sink.received == []
 
 
 async def test_endpoint_without_secret_is_refused_at_construction(
-    sink: WebhookSink,
+    webhook_sink: WebhookSink,
 ) -> None:
     """Deliveries are never unsigned: a secretless endpoint fails channel construction."""
     config = WebhookChannelConfig(
         allow_http=True,
         allow_private_networks=LOOPBACK,
-        endpoints={"bare": {"url": sink.url("/bare")}},
+        endpoints={"bare": {"url": webhook_sink.url("/bare")}},
     )
     with pytest.raises(ConfigError, match="bare"):
         WebhookChannel(config)
@@ -336,12 +343,12 @@ async def test_tls_is_verified(tls: dict[str, Any], open_channel, trust: str) ->
         channel = open_channel(config)
         if trust == "right":
             await channel.send(message("monitor"))
-            assert len(https_sink.requests("/monitor")) == 1
+            assert len(https_sink.received_on("/monitor")) == 1
         else:
-            error = await fail(channel, message("monitor"))
+            error = await send_error(channel, message("monitor"))
             assert error.error_class is ErrorClass.TLS
             assert isinstance(error, TransientDeliveryError)
-            assert https_sink.requests() == []
+            assert https_sink.received == []
 
 
 async def test_flaky_sink_is_reproducible_per_seed() -> None:
@@ -366,7 +373,7 @@ async def test_flaky_sink_is_reproducible_per_seed() -> None:
 
 
 async def test_no_secret_signature_body_or_query_in_logs_or_errors(
-    sink: WebhookSink, caplog: pytest.LogCaptureFixture
+    webhook_sink: WebhookSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Secrets, signatures, bodies and URL query strings appear in no log or error text."""
     canary = f"canary-pii-{uuid.uuid4().hex}@example.org"
@@ -375,7 +382,7 @@ async def test_no_secret_signature_body_or_query_in_logs_or_errors(
         allow_private_networks=LOOPBACK,
         endpoints={
             "monitor": {
-                "url": sink.url("/monitor") + "?token=tok_query_canary",
+                "url": webhook_sink.url("/monitor") + "?token=tok_query_canary",
                 "secrets": [NEW_SECRET],
                 "headers": {"Authorization": "Bearer tok_header_canary"},
             }
@@ -386,19 +393,19 @@ async def test_no_secret_signature_body_or_query_in_logs_or_errors(
     with capture_logs() as logs:
         channel = WebhookChannel(config)
         for status in (200, 500, 404, 429):
-            sink.respond("/monitor", status, retry_after="1")
+            webhook_sink.respond("/monitor", status, retry_after="1")
             try:
                 await channel.send(message("monitor", data={"contact": canary}))
             except DeliveryError as exc:
                 errors.append(f"{exc!s} {exc!r} {exc.__cause__!r}")
-        await sink.down()
+        await webhook_sink.go_down()
         try:
             await channel.send(message("monitor", data={"contact": canary}))
         except DeliveryError as exc:
             errors.append(f"{exc!s} {exc!r}")
         await channel.aclose()
 
-    signatures = [r.headers["webhook-signature"] for r in sink.requests()]
+    signatures = [r.headers["webhook-signature"] for r in webhook_sink.received]
     assert len(signatures) == 4
     haystack = "\n".join(
         [caplog.text, *(json.dumps(entry, default=str) for entry in logs), *errors]

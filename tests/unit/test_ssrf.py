@@ -247,7 +247,7 @@ async def test_rebinding_connects_only_to_the_validated_address(
             await channel.aclose()
     assert receipt.provider_code == "200"
     assert info.value.error_class is ErrorClass.FORBIDDEN_DESTINATION
-    (request,) = sink.requests()
+    (request,) = sink.received
     # Pinned by address, still addressed by name: Host (and SNI) keep the name.
     assert request.headers["host"] == f"hooks.example.com:{sink.port}"
     assert listener.connections == 0
@@ -275,7 +275,7 @@ async def test_loopback_is_accepted_when_allowlisted(template: str) -> None:
         finally:
             await channel.aclose()
     assert receipt.provider_code == "200"
-    assert len(sink.requests("/hook")) == 1
+    assert len(sink.received_on("/hook")) == 1
 
 
 @pytest.mark.parametrize(
