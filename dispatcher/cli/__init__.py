@@ -4,6 +4,7 @@ import sys
 import traceback
 
 from dispatcher.cli import api as _api  # noqa: F401 - registers its commands
+from dispatcher.cli import dlq as _dlq  # noqa: F401 - registers its commands
 from dispatcher.cli.commands import app, state
 from dispatcher.errors import ConfigError
 
