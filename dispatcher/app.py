@@ -5,6 +5,7 @@ import gc
 import signal
 from collections.abc import Collection, Sequence
 from typing import Protocol
+from uuid import UUID
 
 import structlog
 from faststream.rabbit import RabbitBroker
@@ -28,6 +29,7 @@ from dispatcher.delivery.providers import (
     Providers,
 )
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.replayer import ReplayRunner
 from dispatcher.delivery.replica import replica_id
 from dispatcher.delivery.service import DeliveryService
 from dispatcher.errors import ConfigError
@@ -148,6 +150,29 @@ def build_delivery(
         recorder=recorder,
         owner=owner,
         mirror=dead_letters,
+        replayer=build_replayer(settings, engine, owner=owner),
+    )
+
+
+def build_replayer(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    owner: str,
+    only: UUID | None = None,
+    lease_seconds: float = 15.0,
+) -> ReplayRunner:
+    """The replay runner; it pauses a channel for as long as its breakers stay open."""
+    horizon = max(
+        (c.breaker.open_seconds for c in channel_configs(settings).values()),
+        default=30.0,
+    )
+    return ReplayRunner(
+        engine,
+        owner=owner,
+        only=only,
+        pause_horizon=horizon,
+        lease_seconds=lease_seconds,
     )
 
 

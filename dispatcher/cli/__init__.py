@@ -7,6 +7,7 @@ import traceback
 from dispatcher.cli import (  # noqa: F401
     api,
     demo,
+    dlq,
     maintenance,
     publish,
     serve,

@@ -43,6 +43,8 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     #: Dead-lettered: a permanent error or the retry policy ran out. Final until replayed.
     DEAD = "dead"
+    #: A dead letter an operator decided not to send (``dispatcher dlq discard``); kept.
+    DISCARDED = "discarded"
 
 
 class AuditKind(StrEnum):
@@ -62,6 +64,16 @@ class AuditKind(StrEnum):
     DELIVERY_DEAD = "delivery.dead_lettered"
     #: A dead delivery was put back into the queue by an operator.
     DELIVERY_REPLAYED = "delivery.replayed"
+    #: An operator created a replay of dead letters (who, filters, count, reason).
+    REPLAY_CREATED = "replay.created"
+    #: An operator cancelled a replay; what was already requeued stays requeued.
+    REPLAY_CANCELLED = "replay.cancelled"
+    #: A replay has no delivery left to requeue or to wait for.
+    REPLAY_FINISHED = "replay.finished"
+    #: A dead letter was discarded by an operator (kept, never deleted).
+    DELIVERY_DISCARDED = "delivery.discarded"
+    #: A rejected ingest message was parsed again by an operator.
+    REJECTED_REPLAYED = "message.replayed"
     #: A circuit breaker changed state.
     BREAKER_TRANSITION = "breaker.transition"
     #: The audit API showed unmasked PII to a token with ``audit:read-pii``.
@@ -145,10 +157,15 @@ class Delivery(Base):
     #: HMAC of the recipient under ``api.recipient_hash_key`` (``events/blind_index.py``):
     #: the audit API finds deliveries by recipient through it; NULL without a key.
     recipient_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: The replay that last requeued it; its attempts since then carry it too.
+    replay_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("replays.id", ondelete="RESTRICT")
+    )
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending','in_flight','delivered','dead')", name="status"
+            "status IN ('pending','in_flight','delivered','dead','discarded')",
+            name="status",
         ),
         CheckConstraint("channel IN ('email','sms','webhook')", name="channel"),
         Index(None, "event_id", "channel", "recipient", unique=True),
@@ -214,8 +231,16 @@ class DeliveryAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     provider_code: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[float | None]
+    #: initial | retry | replay: how this attempt came about.
+    lineage: Mapped[str] = mapped_column(Text, server_default="initial")
+    #: The replay that requeued the delivery before this attempt, if any.
+    replay_id: Mapped[UUID | None]
 
-    __table_args__ = (Index(None, "delivery_id", "attempt"), Index(None, "started_at"))
+    __table_args__ = (
+        Index(None, "delivery_id", "attempt"),
+        Index(None, "started_at"),
+        CheckConstraint("lineage IN ('initial','retry','replay')", name="lineage"),
+    )
 
 
 class AuditEntry(Base):
@@ -258,3 +283,110 @@ class RejectedMessage(Base):
     message_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "reason", "received_at"), Index(None, "received_at"))
+
+
+class ReplayStatus(StrEnum):
+    """Where a replay of dead letters is (docs/operations.md, "Replaying dead letters")."""
+
+    #: Created, its deliveries frozen; no runner has picked it up yet.
+    PLANNED = "planned"
+    #: A runner requeues its deliveries at its rate, or waits for their outcomes.
+    RUNNING = "running"
+    #: Held: a breaker of a channel it replays to is open.
+    PAUSED = "paused"
+    #: Stopped by an operator; what was requeued stays requeued. Final.
+    CANCELLED = "cancelled"
+    #: Every delivery was requeued or skipped, and every requeued one reached an outcome.
+    DONE = "done"
+    #: The runner gave up (a bug, or the set could not be read). Final.
+    FAILED = "failed"
+
+
+class ReplayItemState(StrEnum):
+    """What a replay did with one of its deliveries."""
+
+    #: Not requeued yet.
+    WAITING = "waiting"
+    #: Put back into the outbox (status pending, fresh attempt budget).
+    REQUEUED = "requeued"
+    #: Not requeued; ``reason`` says why (too old, recipient reached, cancelled, ...).
+    SKIPPED = "skipped"
+    #: Requeued and delivered.
+    DELIVERED = "delivered"
+    #: Requeued and dead-lettered again.
+    FAILED_AGAIN = "failed_again"
+
+
+class Replay(Base):
+    """A replay of dead letters: a durable job, its delivery set frozen at creation."""
+
+    __tablename__ = "replays"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: The API token's name or the OS user who created it.
+    created_by: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    #: The filters it was planned with (``outbox/replays.py: DeadFilter``), for the record.
+    filters: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(Text, server_default="planned")
+    total: Mapped[int] = mapped_column(Integer, server_default="0")
+    requeued: Mapped[int] = mapped_column(Integer, server_default="0")
+    delivered: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_again: Mapped[int] = mapped_column(Integer, server_default="0")
+    skipped: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Deliveries requeued per second at most.
+    rate: Mapped[float]
+    #: Events older than this many seconds are skipped; NULL: no horizon.
+    max_age_seconds: Mapped[float | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: The runner holding it and until when (like a delivery's lease).
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('planned','running','paused','cancelled','done','failed')",
+            name="status",
+        ),
+        Index(
+            "ix_replays_active",
+            "created_at",
+            postgresql_where=text("status IN ('planned','running','paused')"),
+        ),
+        Index(None, "created_at"),
+    )
+
+
+class ReplayItem(Base):
+    """One delivery of a replay's frozen set and what the replay did with it."""
+
+    __tablename__ = "replay_items"
+
+    replay_id: Mapped[UUID] = mapped_column(
+        ForeignKey("replays.id", ondelete="RESTRICT"), primary_key=True
+    )
+    delivery_id: Mapped[UUID] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="RESTRICT"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(Text, server_default="waiting")
+    #: Why it was skipped.
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('waiting','requeued','skipped','delivered','failed_again')",
+            name="state",
+        ),
+        Index(None, "replay_id", "state"),
+        # A delivery waits in one replay at most: overlapping replays replay it once.
+        Index(
+            "ix_replay_items_waiting",
+            "delivery_id",
+            unique=True,
+            postgresql_where=text("state = 'waiting'"),
+        ),
+        Index(None, "delivery_id"),
+    )

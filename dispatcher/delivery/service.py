@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.replayer import ReplayRunner
 from dispatcher.delivery.worker import ChannelWorker
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.waker import Waker
@@ -34,8 +35,11 @@ class DeliveryService:
         recorder: Recorder,
         owner: str,
         mirror: DeadLetterMirror | None = None,
+        replayer: ReplayRunner | None = None,
     ) -> None:
         self.owner = owner
+        #: Runs dead-letter replays created by ``dispatcher dlq replay`` or the API.
+        self.replayer = replayer
         self.recorder = recorder
         self._mirror = mirror
         self._providers = {kind: providers for kind, (providers, _) in channels.items()}
@@ -61,6 +65,8 @@ class DeliveryService:
         await self.waker.start()
         for worker in self.workers.values():
             await worker.start()
+        if self.replayer is not None:
+            await self.replayer.start()
         log.info(
             "dispatcher.delivery.started",
             owner=self.owner,
@@ -69,6 +75,8 @@ class DeliveryService:
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight attempts finish, write their outcomes, close."""
+        if self.replayer is not None:
+            await self.replayer.stop()
         await asyncio.gather(*(w.stop() for w in self.workers.values()))
         await self.waker.stop()
         await self.recorder.stop()

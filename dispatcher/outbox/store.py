@@ -164,14 +164,26 @@ _COMPLETE = Statement.compile(
         RETURNING d.id, r.token, d.event_id, d.channel, d.status, d.attempts,
                   d.last_error_class, d.last_error_message, r.dead_reason
     ), attempts AS (
+        -- Lineage: an attempt after a replay carries the replay's id (outbox/replays.py).
         INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at, finished_at,
                                        outcome, error_class, error_message, provider_code,
-                                       latency_ms)
-        SELECT * FROM unnest(CAST(:a_ids AS uuid[]), CAST(:a_attempts AS integer[]),
-                             CAST(:a_providers AS text[]), CAST(:a_started AS timestamptz[]),
-                             CAST(:a_finished AS timestamptz[]), CAST(:a_outcomes AS text[]),
-                             CAST(:a_error_classes AS text[]), CAST(:a_error_messages AS text[]),
-                             CAST(:a_codes AS text[]), CAST(:a_latencies AS float8[]))
+                                       latency_ms, lineage, replay_id)
+        SELECT a.delivery_id, a.attempt, a.provider, a.started_at, a.finished_at, a.outcome,
+               a.error_class, a.error_message, a.provider_code, a.latency_ms,
+               CASE WHEN d.replay_id IS NOT NULL THEN 'replay'
+                    WHEN a.attempt = 1 THEN 'initial' ELSE 'retry' END,
+               d.replay_id
+        FROM unnest(CAST(:a_ids AS uuid[]), CAST(:a_attempts AS integer[]),
+                    CAST(:a_providers AS text[]), CAST(:a_started AS timestamptz[]),
+                    CAST(:a_finished AS timestamptz[]), CAST(:a_outcomes AS text[]),
+                    CAST(:a_error_classes AS text[]), CAST(:a_error_messages AS text[]),
+                    CAST(:a_codes AS text[]), CAST(:a_latencies AS float8[]))
+             WITH ORDINALITY
+             AS a(delivery_id, attempt, provider, started_at, finished_at, outcome,
+                  error_class, error_message, provider_code, latency_ms, n)
+        JOIN deliveries AS d ON d.id = a.delivery_id
+        -- In the order given: the attempt ids follow it.
+        ORDER BY a.n
     ), audit AS (
         INSERT INTO audit_log (kind, event_id, delivery_id, detail)
         SELECT 'delivery.dead_lettered', event_id, id,

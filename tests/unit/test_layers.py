@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dispatcher"
 #: Lowest first. Same layer, different package: no imports either way (independent).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors"}),
-    frozenset({"events", "logs", "telemetry"}),
+    # api.masking: pure masks of health data, shared by the API and the replay plans.
+    frozenset({"events", "logs", "telemetry", "api.masking"}),
     frozenset({"topology", "resilience"}),
     frozenset({"db"}),
     # api.config: the API's settings model, a leaf that settings.py composes.
