@@ -262,6 +262,10 @@ def _where_to_look(console: Console) -> None:
     console.print(
         "\nwhere to look:\n"
         "  dispatcher status                      deliveries per channel and status, breakers\n"
+        "  dispatcher dlq list --summary          the dead letters, grouped by channel and error\n"
+        "  dispatcher dlq replay --channel webhook --dry-run   what a replay would send\n"
+        "  dispatcher token create me --scope audit:read, then dispatcher api and\n"
+        "    curl -H 'Authorization: Bearer <token>' localhost:8080/v1/events  (docs/api.md)\n"
         "  psql \"$DISPATCHER_DATABASE_URL\" (drop '+asyncpg') then:\n"
         "    SELECT channel, status, attempts, last_error_class FROM deliveries"
         " ORDER BY created_at DESC LIMIT 10;\n"
