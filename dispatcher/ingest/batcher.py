@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.db.connection import CONNECT_TIMEOUT
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
@@ -32,6 +33,11 @@ from dispatcher.ingest.store import BatchResult, persist_batch
 log = structlog.get_logger("dispatcher.ingest")
 
 T = TypeVar("T")
+
+#: Session settings of a writer's connection. A lock held by a session that died half-open
+#: inside its transaction (until PostgreSQL ends it, see db/connection.py) fails the write
+#: after this long instead of holding it; the write is retried like an outage.
+_WRITER_SESSION = {"lock_timeout": "5s"}
 
 #: Untranslated failures of one write, each while PostgreSQL answered a probe, after which
 #: the data (a bug on it) is blamed rather than the server, and the write is refused.
@@ -121,7 +127,7 @@ class Batcher(Generic[T]):
         await asyncio.shield(done)
 
     async def _writer(self, name: str) -> None:
-        link = KeptConnection(self._engine)
+        link = KeptConnection(self._engine, settings=_WRITER_SESSION)
         delay = 0.1
         try:
             while True:
@@ -241,8 +247,7 @@ class Batcher(Generic[T]):
         while True:
             try:
                 with wrap_db_errors():
-                    conn = await link.driver()
-                    async with conn.transaction():
+                    async with link.watched() as conn, conn.transaction():
                         result = await persist_batch(
                             conn, items, max_body_bytes=self._max_body
                         )
@@ -291,7 +296,7 @@ class Batcher(Generic[T]):
         try:
             with wrap_db_errors():
                 conn = await link.driver()
-                await conn.fetchval("SELECT 1")
+                await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
         except Exception:  # noqa: BLE001 - any failure means "not now"
             await link.close(broken=True)
             return False
