@@ -131,7 +131,9 @@ async def persist_batch(
     accepted, repeats, rejected = _split(batch)
     inserted: set[UUID] = set()
     if accepted:
-        params = _event_params(accepted.values())
+        # In id order: two transactions (replicas) inserting some of the same ids lock
+        # them in the same order, so one waits for the other instead of deadlocking.
+        params = _event_params(accepted[event_id] for event_id in sorted(accepted))
         rows = await conn.fetch(_INSERT_EVENTS.sql, *_INSERT_EVENTS.args(params))
         inserted = {row[0] for row in rows}
     audit = _AuditRows()

@@ -436,3 +436,23 @@ async def test_write_blocked_by_a_held_row_lock_is_retried_not_refused(engine) -
         )
         == 1
     )
+
+
+async def test_batches_sharing_event_ids_in_opposite_orders_never_deadlock(
+    engine,
+) -> None:
+    """Two transactions (two replicas) storing the same events in opposite orders wait
+    for each other instead of deadlocking: rows are inserted in event_id order."""
+
+    async def write(batch: list[Incoming]) -> None:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            async with raw.transaction():
+                await persist_batch(raw, batch, max_body_bytes=LIMIT)
+
+    rounds, size = 10, 300
+    for _ in range(rounds):  # new events each round: only new rows are contended
+        items = [incoming(event_bytes(recipients=RECIPIENTS[:1])) for _ in range(size)]
+        await asyncio.gather(write(items), write(items[::-1]))
+    assert await scalar(engine, "SELECT count(*) FROM events") == rounds * size
