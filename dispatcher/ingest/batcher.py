@@ -3,8 +3,14 @@
 
 No timer: an idle writer takes a lone message at once (low latency), a busy one finds a
 full batch waiting when it comes back (high throughput). Producers ``put`` without waiting;
-the queue is bounded by the broker's prefetch window, since nothing is acked before its
+the queues are bounded by the broker's prefetch window, since nothing is acked before its
 commit.
+
+Each writer has its own queue, and a valid event goes to the writer its ``event_id`` hashes
+to: messages with the same id are stored in the order they arrived, so a conflicting
+republish can never overtake the original into ``events`` (two writers racing for the same
+id could commit either first). Rejected messages write no event, so they go to the writer
+with the shortest queue.
 
 A writer must never die: the messages it holds would stay unacked, and never redelivered,
 for as long as the broker connection lives, and the multiple-ack watermark would hold back
@@ -24,6 +30,7 @@ from typing import Generic, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.db.connection import CONNECT_TIMEOUT
 from dispatcher.db.engine import KeptConnection, wrap_db_errors
 from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
@@ -34,6 +41,11 @@ from dispatcher.telemetry import metrics, tracing
 log = structlog.get_logger("dispatcher.ingest")
 
 T = TypeVar("T")
+
+#: Session settings of a writer's connection. A lock held by a session that died half-open
+#: inside its transaction (until PostgreSQL ends it, see db/connection.py) fails the write
+#: after this long instead of holding it; the write is retried like an outage.
+_WRITER_SESSION = {"lock_timeout": "5s"}
 
 #: Untranslated failures of one write, each while PostgreSQL answered a probe, after which
 #: the data (a bug on it) is blamed rather than the server, and the write is refused.
@@ -62,6 +74,16 @@ def _items(batch: Sequence[_Entry[T]]) -> list[Incoming]:
     return [e.item for e in batch]
 
 
+class _Lane(Generic[T]):
+    """One writer's queue."""
+
+    __slots__ = ("queue", "wakeup")
+
+    def __init__(self) -> None:
+        self.queue: deque[_Entry[T]] = deque()
+        self.wakeup = asyncio.Event()
+
+
 class Batcher(Generic[T]):
     """Stores submitted messages in batches, retrying while PostgreSQL is away."""
 
@@ -80,14 +102,12 @@ class Batcher(Generic[T]):
         self._engine = engine
         self._on_commit = on_commit
         self._batch_max = batch_max
-        self._writers = writers
         self._max_body = max_body_bytes
         self._retry_max_delay = retry_max_delay
         self._recipient_key = recipient_key
         #: The queue its messages come from, as ingest spans name it.
         self.queue = queue
-        self._queue: deque[_Entry[T]] = deque()
-        self._wakeup = asyncio.Event()
+        self._lanes: list[_Lane[T]] = [_Lane() for _ in range(writers)]
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         #: False while PostgreSQL is unreachable; readiness probes read it.
@@ -97,9 +117,9 @@ class Batcher(Generic[T]):
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(
-                self._writer(f"ingest-writer-{i}"), name=f"ingest-writer-{i}"
+                self._writer(f"ingest-writer-{i}", lane), name=f"ingest-writer-{i}"
             )
-            for i in range(self._writers)
+            for i, lane in enumerate(self._lanes)
         ]
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -109,35 +129,45 @@ class Batcher(Generic[T]):
         not committed is not acked, so the broker delivers it again.
         """
         self._stopping = True
-        self._wakeup.set()
+        for lane in self._lanes:
+            lane.wakeup.set()
         _done, pending = await asyncio.wait(self._tasks, timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            log.warning(
-                "dispatcher.ingest.stop_abandoned", uncommitted=len(self._queue)
-            )
+            log.warning("dispatcher.ingest.stop_abandoned", uncommitted=self._waiting())
 
     def put(self, item: Incoming, token: T) -> None:
         """Queue one message; ``on_commit`` receives its token once it is committed."""
-        self._queue.append(_Entry(item, token))
-        self._wakeup.set()
+        self._enqueue(_Entry(item, token))
 
     async def submit(self, item: Incoming, token: T) -> None:
         """Queue one message; returns once it is committed (and handed to ``on_commit``)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(item, token, done))
-        self._wakeup.set()
+        self._enqueue(_Entry(item, token, done))
         await asyncio.shield(done)
 
-    async def _writer(self, name: str) -> None:
-        link = KeptConnection(self._engine)
+    def _enqueue(self, entry: _Entry[T]) -> None:
+        outcome = entry.item.outcome
+        if isinstance(outcome, Rejection):
+            lane = min(self._lanes, key=lambda lane: len(lane.queue))
+        else:
+            event_id = outcome.parsed.event.event_id
+            lane = self._lanes[event_id.int % len(self._lanes)]
+        lane.queue.append(entry)
+        lane.wakeup.set()
+
+    def _waiting(self) -> int:
+        return sum(len(lane.queue) for lane in self._lanes)
+
+    async def _writer(self, name: str, lane: _Lane[T]) -> None:
+        link = KeptConnection(self._engine, settings=_WRITER_SESSION)
         delay = 0.1
         try:
             while True:
                 try:
-                    await self._write_batches(link)
+                    await self._write_batches(lane, link)
                 except Exception as exc:  # noqa: BLE001 - a dead writer strands its messages
                     # A bug: the batch went back to the queue uncommitted (see below).
                     log.critical(
@@ -154,26 +184,25 @@ class Batcher(Generic[T]):
         finally:
             await link.close()
 
-    async def _write_batches(self, link: KeptConnection) -> None:
+    async def _write_batches(self, lane: _Lane[T], link: KeptConnection) -> None:
+        queue = lane.queue
         while True:
-            if not self._queue:
+            if not queue:
                 if self._stopping:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
                 continue
-            batch = [
-                self._queue.popleft()
-                for _ in range(min(self._batch_max, len(self._queue)))
-            ]
+            batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
             try:
                 with tracing.ingest_batch(partial(_items, batch), self.queue):
                     await self._store(batch, link)
             except BaseException:
-                # Cancelled at stop, or a bug: nothing of it is acked; put it back for
-                # the next writer (at worst a message stored alone is stored again).
-                self._queue.extendleft(reversed(batch))
-                self._wakeup.set()
+                # Cancelled at stop, or a bug: nothing of it is acked; put it back, in
+                # order, for the restarted writer (at worst a message stored alone is
+                # stored again).
+                queue.extendleft(reversed(batch))
+                lane.wakeup.set()
                 raise
             await self._hand_over(batch)
 
@@ -253,8 +282,7 @@ class Batcher(Generic[T]):
         while True:
             try:
                 with wrap_db_errors():
-                    conn = await link.driver()
-                    async with conn.transaction():
+                    async with link.watched() as conn, conn.transaction():
                         result = await persist_batch(
                             conn,
                             items,
@@ -289,7 +317,7 @@ class Batcher(Generic[T]):
                         error=str(exc)
                         if isinstance(exc, StorageUnavailable)
                         else type(exc).__name__,
-                        waiting=len(items) + len(self._queue),
+                        waiting=len(items) + self._waiting(),
                     )
                     self.storage_ok = False
                 await asyncio.sleep(delay)
@@ -306,7 +334,7 @@ class Batcher(Generic[T]):
         try:
             with wrap_db_errors():
                 conn = await link.driver()
-                await conn.fetchval("SELECT 1")
+                await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
         except Exception:  # noqa: BLE001 - any failure means "not now"
             await link.close(broken=True)
             return False

@@ -10,48 +10,19 @@ parameters for readability and is turned into asyncpg's ``$n`` form once, at imp
 """
 
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from dispatcher.db.models import AuditKind
+from dispatcher.db.sql import Executor, Statement
 from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
-
-class Executor(Protocol):
-    """The part of ``asyncpg.Connection`` the store uses."""
-
-    async def fetch(self, query: str, /, *args: Any) -> list[Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Statement:
-    sql: str
-    #: Parameter names in ``$n`` order.
-    names: tuple[str, ...]
-
-    def args(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
-
-
-def _statement(sql: str) -> _Statement:
-    """``:name`` parameters to asyncpg's ``$1, $2 ...`` (``::type`` casts are left alone)."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return _Statement(re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names))
-
-
-_INSERT_EVENTS = _statement(
+_INSERT_EVENTS = Statement.compile(
     """
     INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id,
                         correlation_id, payload, digest, traceparent, tracestate, delivery_count)
@@ -69,11 +40,11 @@ _INSERT_EVENTS = _statement(
     """
 )
 
-_EXISTING_DIGESTS = _statement(
+_EXISTING_DIGESTS = Statement.compile(
     "SELECT id, digest FROM events WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
-_WRITE_REST = _statement(
+_WRITE_REST = Statement.compile(
     """
     WITH deliveries_in AS (
         INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent,
@@ -140,9 +111,11 @@ async def persist_batch(
     accepted, repeats, rejected = _split(batch)
     inserted: set[UUID] = set()
     if accepted:
-        params = _event_params(accepted.values())
-        rows = await conn.fetch(_INSERT_EVENTS.sql, *_INSERT_EVENTS.args(params))
-        inserted = {row[0] for row in rows}
+        # In id order: two transactions (replicas) inserting some of the same ids lock
+        # them in the same order, so one waits for the other instead of deadlocking.
+        params = _event_params(accepted[event_id] for event_id in sorted(accepted))
+        rows = await _INSERT_EVENTS.fetch(conn, **params)
+        inserted = {row["id"] for row in rows}
     audit = _AuditRows()
     deliveries = _DeliveryRows(recipient_key)
     for event_id in inserted:
@@ -162,8 +135,8 @@ async def persist_batch(
             if a.parsed.event.event_id not in known
         ]
         if missing:
-            rows = await conn.fetch(_EXISTING_DIGESTS.sql, missing)
-            known.update({row[0]: row[1] for row in rows})
+            rows = await _EXISTING_DIGESTS.fetch(conn, ids=missing)
+            known.update({row["id"]: row["digest"] for row in rows})
         for item, acc in repeats:
             _audit_repeat(
                 audit, result, item, acc, known.get(acc.parsed.event.event_id)
@@ -178,7 +151,7 @@ async def persist_batch(
             **audit.params(),
             "notify_channel": OUTBOX_NOTIFY_CHANNEL,
         }
-        await conn.fetch(_WRITE_REST.sql, *_WRITE_REST.args(rest))
+        await _WRITE_REST.fetch(conn, **rest)
     result.stored = len(inserted)
     result.rejected = len(rejected)
     result.deliveries = len(deliveries.event_ids)

@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
+from dispatcher.db.connection import CONNECT_TIMEOUT, connect_options
 from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 from dispatcher.resilience.backoff import Backoff
 
@@ -66,7 +67,7 @@ class Waker:
             conn: asyncpg.Connection | None = None
             lost = "closed"
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(self._dsn, **connect_options())
                 await conn.add_listener(OUTBOX_NOTIFY_CHANNEL, self._notified)
                 self.connected.set()
                 backoff.reset()
@@ -74,7 +75,8 @@ class Waker:
                     event.set()  # catch up on anything committed while we were not listening
                 while not conn.is_closed():
                     await asyncio.sleep(5)
-                    await conn.execute("SELECT 1")  # notice a dead connection promptly
+                    # notice a dead connection promptly, a half-open one too
+                    await conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except (

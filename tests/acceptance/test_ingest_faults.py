@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sqlalchemy import text
 
 from dispatcher import topology
 from dispatcher.db.engine import create_engine
@@ -21,6 +23,7 @@ from tests.integration.test_ingest_consumer import (
     wait_count,
     wait_queue_empty,
 )
+from tests.tcp_relay import TcpRelay
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [
@@ -57,14 +60,18 @@ async def publish_paced(
     bodies: list[bytes],
     rate: float,
     on_count: dict[int, asyncio.Event] | None = None,
+    published: list[bytes] | None = None,
 ) -> None:
-    """Publish at a steady rate with confirms; set on_count[n] after the n-th publish."""
+    """Publish at a steady rate with confirms; set on_count[n] after the n-th publish and
+    append each confirmed body to ``published``."""
     async with Publisher(AMQP_URL, exchange) as publisher:
         start = time.monotonic()
         for n, body in enumerate(bodies, 1):
             await publisher.publish(
                 body, "crisis.detected", message_id=json.loads(body)["event_id"]
             )
+            if published is not None:
+                published.append(body)
             if on_count and n in on_count:
                 on_count[n].set()
             delay = start + n / rate - time.monotonic()
@@ -91,6 +98,22 @@ async def private_engine(private_pg: PrivatePostgres) -> AsyncIterator[object]:
 @pytest.fixture
 async def fresh_db(database: str) -> str:
     return database
+
+
+async def stored_of(engine, event_ids: list[str], timeout: float) -> int:
+    """How many of these events are stored, once all are (the test fails if they are
+    not within ``timeout``)."""
+    query = text("SELECT count(*) FROM events WHERE id = ANY(CAST(:ids AS uuid[]))")
+    stored = -1
+
+    async def all_stored() -> bool:
+        nonlocal stored
+        async with engine.connect() as conn:
+            stored = (await conn.execute(query, {"ids": event_ids})).scalar_one()
+        return bool(stored == len(event_ids))
+
+    await wait_for(all_stored, f"{len(event_ids)} events stored", timeout=timeout)
+    return stored
 
 
 @pytest.mark.timeout(240)
@@ -199,3 +222,82 @@ async def test_sigterm_acks_what_was_committed_and_exits_zero(
     assert await count(
         engine, "SELECT count(*) FROM audit_log WHERE kind = 'event.received'"
     ) == len(bodies)
+
+
+@pytest.mark.timeout(300)
+async def test_path_to_postgres_cut_half_open_mid_transaction_recovers_after_heal(
+    names, private_pg, private_engine, start, tmp_path, amqp, record_property
+) -> None:
+    """PostgreSQL's path black-holed while a writer's transaction holds inserted rows
+    (the server keeps the session half-open) and healed 30 s later: ingest catches up
+    within 30 s of the heal, and every event is stored exactly once."""
+    async with TcpRelay("127.0.0.1", private_pg.port) as relay:
+        through_relay = private_pg.url.replace(
+            f":{private_pg.port}/", f":{relay.port}/"
+        )
+        d = start(env_for(names, through_relay), tmp_path / "serve.log")
+        bodies = events(2250)
+        published: list[bytes] = []
+        # Deterministic: the path goes dark the moment PostgreSQL reports the first
+        # INSERT of a batch, before the writer hears of it, let alone sends COMMIT.
+        relay.blackhole_on(b"INSERT 0 ")
+        publisher = asyncio.create_task(
+            publish_paced(names["exchange"], bodies, rate=50, published=published)
+        )
+        await asyncio.wait_for(relay.blackholed.wait(), 30)
+        # The server's view: a session idle in its transaction, holding the rows.
+        assert (
+            await wait_count(
+                private_engine,
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"
+                " AND backend_xid IS NOT NULL",
+                1,
+                timeout=5,
+            )
+            >= 1
+        )
+        await asyncio.sleep(30)  # the outage itself
+        relay.heal()
+        healed = time.monotonic()
+        before_heal = [json.loads(body)["event_id"] for body in published]
+        caught_up = await stored_of(private_engine, before_heal, timeout=30)
+        recovery = time.monotonic() - healed
+        assert caught_up == len(before_heal), (
+            f"{caught_up} of the {len(before_heal)} events published before the heal"
+            " stored 30 s after it"
+        )
+        await publisher
+        n = len(bodies)
+        assert await wait_count(private_engine, "SELECT count(*) FROM events", n) == n
+        # Each event once, with its two deliveries once: no write was applied twice.
+        assert await count(private_engine, "SELECT count(*) FROM deliveries") == 2 * n
+        assert (
+            await count(
+                private_engine,
+                "SELECT count(*) FROM (SELECT event_id FROM deliveries"
+                " GROUP BY event_id HAVING count(*) <> 2) AS odd",
+            )
+            == 0
+        )
+        assert (
+            await count(
+                private_engine,
+                "SELECT count(*) FROM audit_log WHERE kind = 'event.received'",
+            )
+            == n
+        )
+        prefix = names["queue_prefix"]
+        deadline = time.monotonic() + 10
+        while await queue_depth(amqp, topology.ingest_queue(prefix)) and (
+            time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.2)
+        assert await queue_depth(amqp, topology.ingest_queue(prefix)) == 0
+        assert await queue_depth(amqp, topology.ingest_dlq(prefix)) == 0
+        assert d.process.poll() is None
+        record_property("recovery_seconds", round(recovery, 1))
+        logging.getLogger(__name__).info(
+            "the %d events published before the heal stored %.1f s after it",
+            len(before_heal),
+            recovery,
+        )

@@ -329,3 +329,65 @@ async def test_broker_connection_reset_restores_the_consumer_and_loses_nothing(
     # Stopped and disconnected: anything left unacked would be back in the queue.
     assert await queue_depth(amqp, topology.ingest_queue(settings.queue_prefix)) == 0
     assert await wait_count(engine, "SELECT count(*) FROM deliveries", 200) == 200
+
+
+async def test_conflicting_republish_in_a_backlog_never_replaces_the_original(
+    engine, database, make_settings
+) -> None:
+    """A backlog of originals, each followed a few messages later by a conflicting body
+    with the same event_id, taken by two writers: every original is the stored event and
+    every conflict is audited as the conflict."""
+    # Batches the size of a block of originals: batches taken at the same moment by the
+    # two writers hold originals and their conflicts (on main most of 200 blocks race).
+    settings = make_settings(
+        database, channels=WEBHOOKS, ingest={"writers": 2, "batch_max": 5}
+    )
+    declared = IngestService(settings, engine)
+    await declared.start()
+    await declared.stop()  # the queue exists; the backlog builds up in it
+    sms = [{"channel": "sms", "to": "+15551234567"}]
+    backlog: list[tuple[bytes, str]] = []
+    conflicts: list[str] = []
+    for _ in range(200):
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        for event_id in ids:
+            body = event_bytes(event_id=event_id, recipients=sms)
+            backlog.append((body, f"original-{event_id}"))
+        for event_id in ids:
+            body = event_bytes(
+                event_id=event_id, severity="low", data={"v": 2}, recipients=sms
+            )
+            backlog.append((body, f"conflict-{event_id}"))
+            conflicts.append(f"conflict-{event_id}")
+    async with Publisher(AMQP_URL, settings.exchange) as publisher:
+        for body, message_id in backlog:  # one by one: the broker keeps this order
+            await publisher.publish(body, "crisis.detected", message_id=message_id)
+    service = IngestService(settings, engine)
+    await service.start()
+    try:
+        assert await wait_count(
+            engine,
+            "SELECT count(*) FROM audit_log"
+            " WHERE kind IN ('event.received', 'event.conflict')",
+            len(backlog),
+            timeout=60,
+        ) == len(backlog)
+    finally:
+        await service.stop()
+    async with engine.connect() as conn:
+        replaced = (
+            await conn.execute(
+                text("SELECT count(*) FROM events WHERE severity <> 'critical'")
+            )
+        ).scalar_one()
+        audited = (
+            await conn.execute(
+                text(
+                    "SELECT detail->>'message_id' FROM audit_log"
+                    " WHERE kind = 'event.conflict'"
+                )
+            )
+        ).scalars()
+        audited_as_conflict = sorted(audited)
+    assert replaced == 0, f"{replaced} of {len(conflicts)} originals were replaced"
+    assert audited_as_conflict == sorted(conflicts)

@@ -16,6 +16,7 @@ from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.events.routing import Route
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.incoming import Accepted, Incoming
+from dispatcher.ingest.store import persist_batch
 from dispatcher.testing import event_bytes
 from tests.waiting import wait_for
 
@@ -50,19 +51,10 @@ async def store(engine, items: list[Incoming]) -> list[str]:
 
     batcher: Batcher[str] = Batcher(engine, on_commit, batch_max=1000, writers=1)
     await batcher.start()
-    for n, item in enumerate(items):
-        batcher._queue.append(_entry(item, str(n)))
-    batcher._wakeup.set()
+    for n, item in enumerate(items):  # no await in between: one batch
+        batcher.put(item, str(n))
     await batcher.stop()
     return committed
-
-
-def _entry(item: Incoming, token: str):
-    import asyncio
-
-    from dispatcher.ingest.batcher import _Entry
-
-    return _Entry(item, token, asyncio.get_running_loop().create_future())
 
 
 async def scalar(engine, sql: str, **params: object) -> object:
@@ -397,3 +389,66 @@ async def test_writer_whose_loop_fails_restarts_and_keeps_the_batch(
     assert [e["event"] for e in logs if e["log_level"] == "critical"] == [
         "dispatcher.ingest.writer_crashed"
     ]
+
+
+async def test_write_blocked_by_a_held_row_lock_is_retried_not_refused(engine) -> None:
+    """A write waiting on a row lock another session holds (as a session that died
+    half-open in its transaction does) gives up after the writer's lock_timeout and is
+    retried like an outage, not refused: it is stored once the lock goes."""
+    body = event_bytes(recipients=RECIPIENTS[:1])
+    committed = Committed()
+    batcher: Batcher[str] = Batcher(engine, committed, writers=1, retry_max_delay=0.5)
+    async with engine.connect() as holder:
+        raw = (await holder.get_raw_connection()).driver_connection
+        assert raw is not None
+        await batcher.start()
+        try:
+            with capture_logs() as logs:
+                held = raw.transaction()
+                await held.start()
+                # The same event inserted and not committed: its row is locked.
+                await persist_batch(raw, [incoming(body)], max_body_bytes=LIMIT)
+                batcher.put(incoming(body), "0")
+                async with asyncio.timeout(20):
+                    while not any(
+                        e["event"] == "dispatcher.ingest.storage_unavailable"
+                        for e in logs
+                    ):
+                        await asyncio.sleep(0.1)
+                await held.rollback()
+                await committed.wait(tokens=1)
+        finally:
+            await batcher.stop()
+    waited = next(
+        e for e in logs if e["event"] == "dispatcher.ingest.storage_unavailable"
+    )
+    assert "LockNotAvailableError" in waited["error"]
+    assert committed.tokens == ["0"]
+    assert await scalar(engine, "SELECT count(*) FROM events") == 1
+    assert await scalar(engine, "SELECT count(*) FROM rejected_messages") == 0
+    assert (
+        await scalar(
+            engine, "SELECT count(*) FROM audit_log WHERE kind = 'event.received'"
+        )
+        == 1
+    )
+
+
+async def test_batches_sharing_event_ids_in_opposite_orders_never_deadlock(
+    engine,
+) -> None:
+    """Two transactions (two replicas) storing the same events in opposite orders wait
+    for each other instead of deadlocking: rows are inserted in event_id order."""
+
+    async def write(batch: list[Incoming]) -> None:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            async with raw.transaction():
+                await persist_batch(raw, batch, max_body_bytes=LIMIT)
+
+    rounds, size = 10, 300
+    for _ in range(rounds):  # new events each round: only new rows are contended
+        items = [incoming(event_bytes(recipients=RECIPIENTS[:1])) for _ in range(size)]
+        await asyncio.gather(write(items), write(items[::-1]))
+    assert await scalar(engine, "SELECT count(*) FROM events") == rounds * size

@@ -18,8 +18,22 @@ from dispatcher.errors import StorageConflict, StorageUnavailable
         (asyncpg.exceptions.InternalClientError(), StorageUnavailable),
         (asyncpg.exceptions.AdminShutdownError(), StorageUnavailable),
         (ConnectionRefusedError(), StorageUnavailable),
+        (asyncpg.exceptions.LockNotAvailableError(), StorageUnavailable),
+        (asyncpg.exceptions.DeadlockDetectedError(), StorageUnavailable),
+        (asyncpg.exceptions.IdleInTransactionSessionTimeoutError(), StorageUnavailable),
     ],
-    ids=["nul", "unique", "encode", "gone", "internal", "shutdown", "refused"],
+    ids=[
+        "nul",
+        "unique",
+        "encode",
+        "gone",
+        "internal",
+        "shutdown",
+        "refused",
+        "lock_timeout",
+        "deadlock",
+        "idle_in_transaction",
+    ],
 )
 def test_raw_asyncpg_errors_are_translated(
     error: Exception, expected: type[Exception]
