@@ -24,7 +24,8 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher import topology
-from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.kept import KeptConnection
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.mirror import mark_mirrored, unmirrored

@@ -19,7 +19,8 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.kept import KeptConnection
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.errors import DispatcherError, StorageConflict, StorageUnavailable
 from dispatcher.outbox.store import (
@@ -200,13 +201,8 @@ class Recorder:
         await link.close(broken=True)
 
     async def _run(self) -> None:
-        try:
+        async with self._link.held():
             await self._write_batches()
-        except BaseException:
-            # Perhaps mid-statement: never hand it back to the pool as it is.
-            await self._link.close(broken=True)
-            raise
-        await self._link.close()
 
     async def _write_batches(self) -> None:
         backoff = Backoff(0.1, 5.0)

@@ -24,7 +24,8 @@ from uuid import UUID
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.kept import KeptConnection
 from dispatcher.errors import DispatcherError
 from dispatcher.outbox import replays
 from dispatcher.outbox.replays import ReplayRow

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.kept import KeptConnection
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
@@ -113,13 +114,8 @@ class ChannelWorker:
                 )
 
     async def _run(self) -> None:
-        try:
+        async with self._link.held():
             await self._claim_loop()
-        except BaseException:
-            # Perhaps mid-statement: never hand it back to the pool as it is.
-            await self._link.close(broken=True)
-            raise
-        await self._link.close()
 
     async def _claim_loop(self) -> None:
         delay = self._settings.poll_interval

@@ -31,7 +31,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.connection import CONNECT_TIMEOUT
-from dispatcher.db.engine import KeptConnection, wrap_db_errors
+from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.kept import KeptConnection
 from dispatcher.errors import StorageConflict, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming

@@ -12,7 +12,8 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from dispatcher.db import connection as db
-from dispatcher.db.engine import PROBE_INTERVAL, KeptConnection, create_engine
+from dispatcher.db.engine import create_engine
+from dispatcher.db.kept import PROBE_INTERVAL, KeptConnection
 from dispatcher.errors import StorageUnavailable
 from tests.tcp_relay import TcpRelay
 
