@@ -33,6 +33,13 @@ class StorageUnavailable(DispatcherError):
     """PostgreSQL is unreachable or the connection broke; the operation may be retried."""
 
 
+class StorageFault(StorageUnavailable):
+    """PostgreSQL answered with an error that is neither bad data nor an outage (a missing
+    column, a syntax error, a privilege): a schema or code bug. It is a kind of
+    unavailability, so loops that wait out outages (the recorder, claims) wait it out too,
+    loudly; ingest tells it apart and isolates the message instead of waiting forever."""
+
+
 class StorageConflict(DispatcherError):
     """PostgreSQL refused the data (constraint or value error); retrying will not help."""
 

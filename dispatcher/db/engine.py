@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from dispatcher.db.connection import connect_options
-from dispatcher.errors import StorageConflict, StorageUnavailable
+from dispatcher.errors import StorageConflict, StorageFault, StorageUnavailable
 
 #: asyncpg errors that mean "the data was refused": retrying the same data cannot help.
 _DATA_ERRORS = (
@@ -83,6 +83,8 @@ def wrap_db_errors() -> Iterator[None]:
             raise StorageConflict(
                 f"PostgreSQL refused the data ({_name(cause or exc)})"
             ) from None
+        if isinstance(cause, asyncpg.exceptions.PostgresError) and _is_fault(cause):
+            raise StorageFault(f"PostgreSQL error ({_name(cause)})") from None
         raise StorageUnavailable(
             f"PostgreSQL is unavailable ({_name(cause or exc)})"
         ) from None
@@ -102,7 +104,20 @@ def wrap_db_errors() -> Iterator[None]:
     ) as exc:
         raise StorageUnavailable(f"PostgreSQL is unavailable ({_name(exc)})") from None
     except asyncpg.exceptions.PostgresError as exc:
-        raise StorageUnavailable(f"PostgreSQL error ({_name(exc)})") from None
+        if _is_fault(exc):
+            raise StorageFault(f"PostgreSQL error ({_name(exc)})") from None
+        raise StorageUnavailable(f"PostgreSQL is unavailable ({_name(exc)})") from None
+
+
+#: SQLSTATE classes that mean "not now" (connection, transaction rollback, insufficient
+#: resources, object not in prerequisite state, operator intervention, system error).
+#: Any other error the server answers with is a fault: a bug in the schema or our SQL.
+_OUTAGE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+
+
+def _is_fault(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] not in _OUTAGE_CLASSES
 
 
 def _name(exc: BaseException) -> str:

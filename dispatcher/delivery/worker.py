@@ -25,6 +25,7 @@ from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.store import Claimed, claim
+from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.telemetry import metrics, tracing
 
@@ -118,7 +119,8 @@ class ChannelWorker:
             await self._claim_loop()
 
     async def _claim_loop(self) -> None:
-        delay = self._settings.poll_interval
+        poll = self._settings.poll_interval
+        backoff = Backoff(poll, max(poll, 10.0))
         while not self._stopping:
             if self._recorder.stalled():
                 await self._hold_claims()
@@ -134,10 +136,9 @@ class ChannelWorker:
                     channel=self.kind.value,
                     error_type=type(exc).__name__,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.wait()
                 continue
-            delay = self._settings.poll_interval
+            backoff.reset()
             if claimed and full:
                 # A full batch: more may be due right now. Claim them now if enough slots
                 # are free, else once enough have freed (not one claim per slot).

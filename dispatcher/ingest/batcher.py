@@ -33,10 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.db.connection import CONNECT_TIMEOUT
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
-from dispatcher.errors import StorageConflict, StorageUnavailable
+from dispatcher.errors import StorageConflict, StorageFault, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming
 from dispatcher.ingest.store import BatchResult, persist_batch
+from dispatcher.resilience.backoff import Backoff
 from dispatcher.telemetry import metrics, tracing
 
 log = structlog.get_logger("dispatcher.ingest")
@@ -164,22 +165,22 @@ class Batcher(Generic[T]):
 
     async def _writer(self, name: str, lane: _Lane[T]) -> None:
         link = KeptConnection(self._engine, settings=_WRITER_SESSION)
-        delay = 0.1
+        backoff = Backoff(min(0.1, self._retry_max_delay), self._retry_max_delay)
         try:
             while True:
                 try:
                     await self._write_batches(lane, link)
                 except Exception as exc:  # noqa: BLE001 - a dead writer strands its messages
                     # A bug: the batch went back to the queue uncommitted (see below).
+                    delay = backoff.next_delay()
                     log.critical(
                         "dispatcher.ingest.writer_crashed",
                         writer=name,
                         error_type=type(exc).__name__,
-                        restart_in=delay,
+                        restart_in=round(delay, 3),
                     )
                     await link.close(broken=True)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._retry_max_delay)
                 else:
                     return
         finally:
@@ -242,24 +243,21 @@ class Batcher(Generic[T]):
                 message_id=item.message_id,
                 error_type=refused.error_type,
             )
-            if isinstance(item.outcome, Rejection):
-                retry_as_rejected = False  # it was one already: keep its reason
-            else:
+            # A rejection already keeps its own reason, and was just refused as one.
+            if not isinstance(item.outcome, Rejection):
                 item.outcome = Rejection(RejectReason.STORAGE_REJECTED, refused.message)
-                retry_as_rejected = True
+                with contextlib.suppress(_Refused):
+                    await self._write_retrying([item], link)
+                    return
         else:
             return
-        if retry_as_rejected:
-            with contextlib.suppress(_Refused):
-                await self._write_retrying([item], link)
-                return
-        # What is left could only be refused by a broken schema or a bug in this code.
+        # What is left could only be refused by a broken schema or a bug in this code:
+        # not committed, so never acked; keep trying, loudly, like an outage.
         item.headers, item.routing_key, item.message_id = {}, None, None
         while True:
             try:
                 await self._write_retrying([item], link)
             except _Refused as refused:
-                # Not committed, so never acked: keep trying, loudly, like an outage.
                 log.critical(
                     "dispatcher.ingest.unstorable",
                     error_type=refused.error_type,
@@ -278,7 +276,7 @@ class Batcher(Generic[T]):
             _Refused: PostgreSQL refused the data, or the write failed in an untranslated
                 way ``_SUSPECT_AFTER`` times while PostgreSQL answered a probe each time.
         """
-        delay = 0.1
+        backoff = Backoff(min(0.1, self._retry_max_delay), self._retry_max_delay)
         suspect = 0
         while True:
             try:
@@ -297,11 +295,17 @@ class Batcher(Generic[T]):
                 ) from None
             except Exception as exc:  # noqa: BLE001 - the batch is kept and retried, never dropped
                 await link.close(broken=True)
-                unavailable = isinstance(exc, StorageUnavailable)
+                # A fault (the server answered: a schema or code bug) is no outage:
+                # waiting would hold this message, and every ack after it, forever.
+                unavailable = isinstance(exc, StorageUnavailable) and not isinstance(
+                    exc, StorageFault
+                )
                 if not unavailable:
-                    # Not a translated driver error: a driver state or a bug. Type only (PII).
+                    # A fault, a driver state or a bug. Type only (PII).
                     log.error(
-                        "dispatcher.ingest.write_failed", error_type=type(exc).__name__
+                        "dispatcher.ingest.write_failed",
+                        error_type=type(exc).__name__,
+                        error=str(exc) if isinstance(exc, StorageFault) else None,
                     )
                     if await self._answers(link):
                         suspect += 1
@@ -321,8 +325,7 @@ class Batcher(Generic[T]):
                         waiting=len(items) + self._waiting(),
                     )
                     self.storage_ok = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_delay)
+                await backoff.wait()
                 continue
             if not self.storage_ok:
                 self.storage_ok = True

@@ -452,3 +452,39 @@ async def test_batches_sharing_event_ids_in_opposite_orders_never_deadlock(
         items = [incoming(event_bytes(recipients=RECIPIENTS[:1])) for _ in range(size)]
         await asyncio.gather(write(items), write(items[::-1]))
     assert await scalar(engine, "SELECT count(*) FROM events") == rounds * size
+
+
+async def test_a_schema_bug_is_no_outage_the_message_is_kept_as_rejected(
+    engine,
+) -> None:
+    """A write PostgreSQL answers with a schema error (here a real renamed column, as a
+    migration gone wrong leaves it) is a fault, not an outage: after a few tries the
+    message is stored as a rejected row with its body, acked, and ingest goes on, instead
+    of being retried forever while every later ack waits behind it."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("ALTER TABLE events RENAME COLUMN digest TO digest_gone")
+        )
+    event = incoming(event_bytes(recipients=RECIPIENTS), message_id="m-fault")
+    committed = Committed()
+    batcher: Batcher[str] = Batcher(engine, committed, batch_max=1000, writers=1)
+    await batcher.start()
+    try:
+        with capture_logs() as logs:
+            batcher.put(event, "0")
+            await committed.wait(tokens=1)
+    finally:
+        await batcher.stop()
+    assert committed.tokens == ["0"]
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(text("SELECT reason, body FROM rejected_messages"))
+        ).one()
+    assert (row.reason, bytes(row.body)) == ("storage_rejected", event.body)
+    failures = [e for e in logs if e["event"] == "dispatcher.ingest.write_failed"]
+    assert failures
+    assert "SQLSTATE 42703" in failures[0]["error"]
+    # A fault is not reported as PostgreSQL being away.
+    assert not [
+        e for e in logs if e["event"] == "dispatcher.ingest.storage_unavailable"
+    ]
