@@ -11,7 +11,9 @@ Values are parameters, from the enums (``DeliveryStatus``, ``ChannelKind``), wit
 exception: a predicate that must match a partial index's (``status IN ('pending',
 'in_flight')``, ``channel = 'webhook'`` in the claims) stays a literal, because PostgreSQL
 only uses a partial index for a generic plan when the predicate is written out; a test
-(tests/integration/test_outbox_store.py) counts the buffers those claims read.
+(tests/integration/test_outbox_store.py) counts the buffers those claims read. Literal
+states, channels and audit kinds in SQL text are checked against their enums by
+tests/unit/test_sql_literals.py.
 """
 
 import dataclasses
