@@ -235,7 +235,7 @@ async def test_path_to_postgres_cut_half_open_mid_transaction_recovers_after_hea
         through_relay = private_pg.url.replace(
             f":{private_pg.port}/", f":{relay.port}/"
         )
-        d = start(env_for(names, through_relay), tmp_path / "serve.log")
+        d = await start(env_for(names, through_relay), tmp_path / "serve.log")
         bodies = events(2250)
         published: list[bytes] = []
         # Deterministic: the path goes dark the moment PostgreSQL reports the first
