@@ -205,7 +205,11 @@ async def count_deliveries(
     exact = (await conn.execute(select(func.count()).select_from(bounded))).scalar_one()
     if exact <= exact_limit:
         return exact, False
-    compiled = matching.compile(dialect=conn.dialect)
+    # render_postcompile: list filters (``IN``) become one placeholder per value, as
+    # they are at execution; uncompiled they would reach PostgreSQL as a marker.
+    compiled = matching.compile(
+        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+    )
     args = tuple(compiled.params[name] for name in compiled.positiontup or ())
     plan = (
         await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", args)
