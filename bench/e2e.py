@@ -3,6 +3,7 @@
     source scripts/services.sh
     .venv/bin/python bench/e2e.py [--events 10000] [--latency-seconds 15] [--repeat 1]
                                   [--only dispatcher|naive] [--replicas 1|2] [--profile]
+                                  [--api-load RATE]
 
 Every event has three recipients (email, SMS, webhook); every webhook goes to ONE endpoint,
 the common case (one safety-monitoring system). The sinks (bench/sinks.py) run in a
@@ -35,6 +36,9 @@ loopback, which the destination policy refuses by default). Events are ``critica
 Scenarios: dispatcher at 1 and 2 replicas, naive baseline (bench/naive_delivery.py) at 1
 and 2 replicas, dispatcher at 1 replica with the SMS sink down. With ``--repeat N`` the
 scenarios run N times interleaved and the report gives every run and the medians.
+``--api-load RATE`` also queries each dispatcher replica's audit API at RATE requests/s
+(bench/api_load.py) from the moment it is ready until the end of its latency phase; the
+scenario is then named ``...-api-load`` and reports the API's own p50/p99 and failures.
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
@@ -60,6 +64,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 import yaml
+from api_load import ApiLoad
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
 from proc import Proc, ProcGroup
 
@@ -299,12 +304,14 @@ async def run_scenario(
     ports: dict[str, int],
     down: str | None = None,
     profile: Path | None = None,
+    api_load: float = 0.0,
 ) -> dict[str, Any]:
     db = await fresh_database()
+    load = ApiLoad(api_load if kind == "dispatcher" else 0.0)
     tag = uuid.uuid4().hex[:8]
     prefix, exchange = f"bench.{tag}", f"bench.notifications.{tag}"
     config = tmp / f"config-{tag}.yaml"
-    config.write_text(yaml.safe_dump(dispatcher_config(ports)))
+    config.write_text(yaml.safe_dump(dispatcher_config(ports) | load.api_config()))
     env = {
         "DISPATCHER_DATABASE_URL": dsn(db, "postgresql+asyncpg"),
         "DISPATCHER_AMQP_URL": AMQP,
@@ -320,6 +327,7 @@ async def run_scenario(
         "BENCH_PREFETCH": "64",
     }
     name = f"{kind}-x{replicas}" + (f"-{down}-down" if down else "")
+    name += load.suffix
     result: dict[str, Any] = {"scenario": name, "kind": kind, "replicas": replicas}
     procs: list[Proc | ProcGroup] = []
     try:
@@ -364,6 +372,7 @@ async def run_scenario(
             )
         for p in procs:
             p.wait_ready()
+        load.start([p.log for p in procs])
         want = {ch: n for ch in CHANNELS if ch != down}
         try:
             await sinks.wait_counts(want)
@@ -387,7 +396,9 @@ async def run_scenario(
                 exchange, latency_seconds, latency_rate, sinks, procs
             )
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+        result |= await load.stop()
     finally:
+        await load.stop()
         for p in procs:
             p.stop()
         if down:
@@ -450,7 +461,7 @@ async def cleanup_dlq(prefix: str) -> None:
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every numeric figure over the runs of one scenario."""
     out: dict[str, Any] = {}
-    for section in ("drain", "latency"):
+    for section in ("drain", "latency", "api_load"):
         keys = {k for r in runs for k in r.get(section, {})}
         values = {
             k: [r[section][k] for r in runs if k in r.get(section, {})] for k in keys
@@ -514,6 +525,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     ports=ports,
                     down=down,
                     profile=profile,
+                    api_load=args.api_load,
                 )
                 r["repeat"] = rep
                 r["wall_s"] = time.monotonic() - t0
@@ -568,6 +580,14 @@ def main() -> None:
         help="only the scenarios with this many replicas and every sink up",
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--api-load",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="also query each dispatcher replica's audit API at RATE requests/s "
+        "(typical list queries, bench/api_load.py) during the drain and latency phases",
+    )
     parser.add_argument(
         "--split",
         action="store_true",

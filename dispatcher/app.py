@@ -34,6 +34,7 @@ from dispatcher.delivery.replica import replica_id
 from dispatcher.delivery.service import DeliveryService
 from dispatcher.errors import ConfigError
 from dispatcher.events.kinds import ChannelKind
+from dispatcher.health import Component, ComponentProbe
 from dispatcher.ingest.acker import AckableMessage, Acker
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import IngestConsumer
@@ -100,6 +101,16 @@ class IngestService:
         await self.consumer.start()
         log.info("dispatcher.ingest.started", queue_prefix=self.settings.queue_prefix)
 
+    def probe(self) -> Component:
+        """Readiness: consuming the ingest queue on an open channel."""
+        if self.consumer.consuming():
+            return Component("ingest", ok=True, detail="consuming the ingest queue")
+        return Component(
+            "ingest",
+            ok=False,
+            detail="not consuming the ingest queue (consumer stopped)",
+        )
+
     async def stop(self) -> None:
         """Stop consuming, let in-flight messages commit and be acked, then close."""
         await self.consumer.stop_consuming()
@@ -110,6 +121,23 @@ class IngestService:
             stored=self.batcher.totals.stored,
             rejected=self.batcher.totals.rejected,
         )
+
+
+def worker_probes(delivery: DeliveryService) -> list[ComponentProbe]:
+    """Readiness of each channel's worker loop (``worker.email``, ...)."""
+
+    def probe(kind: ChannelKind) -> ComponentProbe:
+        worker = delivery.workers[kind]
+
+        def check() -> Component:
+            name = f"worker.{kind.value}"
+            if worker.alive:
+                return Component(name, ok=True, detail="claim loop running")
+            return Component(name, ok=False, detail="claim loop not running")
+
+        return check
+
+    return [probe(kind) for kind in delivery.workers]
 
 
 def build_delivery(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aio_pika
+import aiohttp
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -122,8 +123,44 @@ class ReadinessProbe:
             return result
 
 
-async def check_dependencies(settings: Settings) -> list[str]:
-    """Problems found (empty when ready); never raises for an unreachable dependency."""
+#: Components ``readiness`` checks itself; the rest of a ``/readyz`` answer is in-process.
+_DEPENDENCIES = frozenset({"postgresql", "schema", "rabbitmq"})
+
+
+async def check_serve(settings: Settings) -> list[Component]:
+    """The in-process components (ingest consumer, channel worker loops) of the local
+    ``dispatcher serve``, read from its ``/readyz`` on the API's port."""
+    host = settings.api.host
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - a wildcard: ask over loopback
+        host = "127.0.0.1"
+    address = f"[{host}]" if ":" in host else host
+    url = f"http://{address}:{settings.api.port}/readyz"
+    try:
+        async with (
+            asyncio.timeout(PROBE_TIMEOUT * 2),
+            aiohttp.ClientSession() as session,
+            session.get(url) as response,
+        ):
+            body = await response.json()
+        listed = [
+            Component(str(c["name"]), ok=bool(c["ok"]), detail=str(c["detail"]))
+            for c in body["components"]
+        ]
+    except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+        detail = (
+            f"the local dispatcher serve did not answer on its API port "
+            f"{settings.api.port} ({type(exc).__name__})"
+        )
+        return [Component("serve", ok=False, detail=detail)]
+    return [c for c in listed if c.name not in _DEPENDENCIES]
+
+
+async def check_dependencies(settings: Settings, *, serve: bool = False) -> list[str]:
+    """Problems found (empty when ready); never raises for an unreachable dependency.
+
+    ``serve`` also asks the local ``dispatcher serve`` whether its ingest consumer and
+    channel worker loops run (``check_serve``): the container health check of a replica.
+    """
     engine = create_engine(
         settings.database_url.get_secret_value(),
         pool_size=1,
@@ -133,4 +170,9 @@ async def check_dependencies(settings: Settings) -> list[str]:
         result = await readiness(engine, settings.amqp_url.get_secret_value())
     finally:
         await engine.dispose()
-    return result.problems()
+    problems = result.problems()
+    if serve:
+        problems += [
+            f"{c.name}: {c.detail}" for c in await check_serve(settings) if not c.ok
+        ]
+    return problems

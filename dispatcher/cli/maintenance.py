@@ -33,12 +33,21 @@ def migrate(
 
 
 @app.command()
-def check() -> None:
+def check(
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Also ask the local `dispatcher serve` (its /readyz on api.port) "
+            "whether ingest consumes and each channel's worker loop runs.",
+        ),
+    ] = False,
+) -> None:
     """Check that PostgreSQL (schema at head) and RabbitMQ answer; for health checks."""
     from dispatcher.health import check_dependencies  # noqa: PLC0415
 
     cfg = settings()
-    problems = run(check_dependencies(cfg))
+    problems = run(check_dependencies(cfg, serve=serve))
     if problems:
         for problem in problems:
             typer.echo(f"not ready: {problem}", err=True)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dispatcher.app import Service
+    from dispatcher.health import ComponentProbe
 
 log = structlog.get_logger("dispatcher")
 
@@ -38,25 +39,43 @@ def serve(
     ] = False,
 ) -> None:
     """Run the dispatcher: ingest, channel workers and the audit API, until SIGTERM."""
-    from dispatcher.app import IngestService, build_delivery, channel_configs  # noqa: PLC0415
-
     cfg = settings()
-    deliver = not ingest_only and bool(channel_configs(cfg))
+    _serve(
+        cfg,
+        "dispatcher",
+        lambda engine: serve_services(
+            cfg, engine, ingest_only=ingest_only, api=not no_api
+        ),
+    )
 
-    def services(engine: "AsyncEngine") -> list["Service"]:
-        built: list[Service] = [IngestService(cfg, engine)]
-        if deliver:
-            built.append(build_delivery(cfg, engine))
-        elif not ingest_only:
-            log.warning("dispatcher.no_channels", hint="deliveries stay pending")
-        if not no_api:
-            from dispatcher.api.app import create_app  # noqa: PLC0415
-            from dispatcher.api.server import ApiServer  # noqa: PLC0415
 
-            built.append(ApiServer(create_app(cfg), cfg.api))
-        return built
+def serve_services(
+    cfg: Settings, engine: "AsyncEngine", *, ingest_only: bool = False, api: bool = True
+) -> list["Service"]:
+    """What ``dispatcher serve`` runs: ingest, the channel workers and the audit API,
+    whose ``/readyz`` also reports this process's ingest consumer and worker loops."""
+    from dispatcher.app import (  # noqa: PLC0415
+        IngestService,
+        build_delivery,
+        channel_configs,
+        worker_probes,
+    )
 
-    _serve(cfg, "dispatcher", services)
+    ingest = IngestService(cfg, engine)
+    built: list[Service] = [ingest]
+    probes: list[ComponentProbe] = [ingest.probe]
+    if not ingest_only and channel_configs(cfg):
+        delivery = build_delivery(cfg, engine)
+        built.append(delivery)
+        probes += worker_probes(delivery)
+    elif not ingest_only:
+        log.warning("dispatcher.no_channels", hint="deliveries stay pending")
+    if api:
+        from dispatcher.api.app import create_app  # noqa: PLC0415
+        from dispatcher.api.server import ApiServer  # noqa: PLC0415
+
+        built.append(ApiServer(create_app(cfg, probes=probes), cfg.api))
+    return built
 
 
 @app.command()

@@ -87,6 +87,11 @@ class ChannelWorker:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def alive(self) -> bool:
+        """Its claim loop is running (started, not stopped, not ended by an error)."""
+        return self._task is not None and not self._task.done() and not self._stopping
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"worker-{self.kind}")
 

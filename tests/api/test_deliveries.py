@@ -130,6 +130,26 @@ async def test_count_above_the_exact_limit_is_an_estimate(
         await server.stop()
 
 
+async def test_count_estimate_with_a_list_filter(
+    api_settings, tokens, world: World, engine
+) -> None:
+    """An estimated count with a list filter (channel) is answered, not a 503."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(text("ANALYZE deliveries"))
+    server, client = await start_api(
+        api_settings(limits={"exact_count_limit": 1}), tokens
+    )
+    try:
+        count = await client.ok("/v1/deliveries/count", channel=["email", "sms"])
+        assert count["approximated"] is True
+        assert count["count"] >= 2
+    finally:
+        await client.client.aclose()
+        await server.stop()
+
+
 async def test_delivery_detail_and_attempts(api: Api, world: World) -> None:
     """A delivery with its timeline; its attempts paginate oldest first."""
     detail = await api.ok(f"/v1/deliveries/{world.email}")

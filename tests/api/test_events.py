@@ -166,3 +166,26 @@ async def test_event_detail_has_deliveries_timelines_and_audit(
     assert by_channel["webhook"]["attempts"] == 2
     assert [a["kind"] for a in detail["audit"]] == ["event.received"]
     assert detail["delivery_count"] == 3
+
+
+async def test_event_detail_audit_includes_entries_about_its_deliveries(
+    api: Api, world: World, engine
+) -> None:
+    """Audit entries naming only a delivery of the event are in its detail, each once."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO audit_log (at, kind, event_id, delivery_id) VALUES"
+                " (now() + interval '1 s', 'delivery.discarded', NULL, :d),"
+                " (now() + interval '2 s', 'delivery.replayed', :e, :d)"
+            ),
+            {"d": world.email, "e": world.alert},
+        )
+    detail = await api.ok(f"/v1/events/{world.alert}")
+    assert [a["kind"] for a in detail["audit"]] == [
+        "event.received",
+        "delivery.discarded",
+        "delivery.replayed",
+    ]

@@ -6,14 +6,18 @@ import subprocess
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from dispatcher.db.engine import create_engine
 from dispatcher.db.migrate import upgrade
+from dispatcher.delivery.service import DeliveryService
+from dispatcher.events.kinds import ChannelKind
 from tests.acceptance.faults import PrivatePostgres, free_port
 from tests.api.conftest import Api, start_api
 from tests.conftest import AMQP_URL
+from tests.delivery.harness import SECRET
 
 pytestmark = pytest.mark.postgres
 
@@ -155,3 +159,91 @@ def test_check_command_is_ok_when_ready(database: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+async def test_serve_readiness_reports_ingest_and_workers_and_flips_without_the_broker(
+    make_settings, database, engine
+) -> None:
+    """In serve, /readyz and `check --serve` report ingest and worker loops: 503 if one is down."""
+    import httpx
+
+    from dispatcher.api.server import ApiServer
+    from dispatcher.cli.serve import serve_services
+    from dispatcher.health import check_dependencies
+    from tests.tcp_relay import TcpRelay
+    from tests.waiting import NotYet, wait_for
+
+    amqp = urlsplit(AMQP_URL)
+    assert amqp.hostname is not None
+    assert amqp.port is not None
+    async with TcpRelay(amqp.hostname, amqp.port) as relay:
+        relayed = urlunsplit(
+            amqp._replace(netloc=amqp.netloc.replace(f":{amqp.port}", f":{relay.port}"))
+        )
+        settings = make_settings(
+            database,
+            amqp_url=relayed,
+            api={"port": 0},
+            channels={
+                "webhook": {
+                    "endpoints": {
+                        "safety-monitor": {
+                            "url": "https://monitor.example.org/hook",
+                            "secrets": [SECRET],
+                        }
+                    }
+                }
+            },
+        )
+        services = serve_services(settings, engine)
+        for service in services:
+            await service.start()
+        server = services[-1]
+        assert isinstance(server, ApiServer)
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}")
+
+        async def readyz(status: int, **expected: bool) -> Any:
+            response = await client.get("/readyz")
+            seen = components(response.json())
+            if response.status_code == status and all(
+                seen.get(name) is ok for name, ok in expected.items()
+            ):
+                return seen
+            return NotYet((response.status_code, seen))
+
+        try:
+            seen = await wait_for(lambda: readyz(200, ingest=True), "ready", timeout=30)
+            assert seen == {
+                "postgresql": True,
+                "schema": True,
+                "rabbitmq": True,
+                "ingest": True,
+                "worker.webhook": True,
+            }
+            # `dispatcher check --serve` reads the same components from /readyz.
+            on_port = settings.model_copy(
+                update={"api": settings.api.model_copy(update={"port": server.port})}
+            )
+            assert await check_dependencies(on_port, serve=True) == []
+            relay.blackhole()
+            relay.reset()
+            await wait_for(
+                lambda: readyz(503, ingest=False), "not ready: ingest", timeout=30
+            )
+            relay.heal()
+            await wait_for(lambda: readyz(200, ingest=True), "ready again", timeout=60)
+            delivery = services[1]
+            assert isinstance(delivery, DeliveryService)
+            await delivery.workers[ChannelKind.WEBHOOK].stop()
+            await wait_for(
+                lambda: readyz(503, **{"worker.webhook": False}),
+                "not ready: worker",
+                timeout=30,
+            )
+            assert await check_dependencies(on_port, serve=True) == [
+                "worker.webhook: claim loop not running"
+            ]
+        finally:
+            await client.aclose()
+            for service in reversed(services):
+                await service.stop()
