@@ -21,16 +21,13 @@ import typer
 from dispatcher.cli.root import app, run, settings
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.dead import DeadFilter, Plan
-from dispatcher.outbox.replays import ReplayRow
+from dispatcher.outbox.replays import DEFAULT_RATE, ReplayRow
 
 dlq_app = typer.Typer(
     help="Dead letters: list, replay, discard, and watch replays.",
     no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
-
-#: Replays requeue this many deliveries a second unless told otherwise.
-DEFAULT_RATE = 10.0
 
 Channels = Annotated[
     list[ChannelKind], typer.Option("--channel", help="Repeat for several.")
