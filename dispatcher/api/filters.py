@@ -208,3 +208,7 @@ class ReplayPlanQuery(ReplayFilters):
         default=None, description="Skip events older than this many seconds."
     )
     sample: int = Field(default=10, ge=0, le=100, description="Sample size.")
+
+
+class ReplayListQuery(Filters, Paging):
+    """The replay list takes no filter; an unknown parameter is still refused."""

@@ -152,7 +152,7 @@ async def test_cancel_stops_a_replay_once(api: Api, engine: AsyncEngine) -> None
 
 
 async def test_list_pages_newest_first(api: Api, engine: AsyncEngine) -> None:
-    """Replays are listed newest first, a page at a time."""
+    """Replays are listed newest first, a page at a time; unknown parameters are a 422."""
     await dead_letters(engine, 1)
     made = []
     for _ in range(3):
@@ -166,6 +166,8 @@ async def test_list_pages_newest_first(api: Api, engine: AsyncEngine) -> None:
     rest = await api.ok("/v1/replays", "reader", limit=2, cursor=first["iterator"])
     assert [r["replay_id"] for r in rest["data"]] == made[:1]
     assert rest["done"]
+    unknown = await api.get("/v1/replays", "reader", status="done")
+    assert unknown.status_code == 422, unknown.text
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ from pydantic import (
 from dispatcher.api import resources
 from dispatcher.api.filters import (
     MAX_AGE_LIMIT,
-    Paging,
     ReplayBodyFilters,
+    ReplayListQuery,
     ReplayPlanQuery,
 )
 from dispatcher.api.pagination import Page, paginate
@@ -126,7 +126,7 @@ async def create_replay(
 
 @router.get("", response_model=Page[resources.Replay])
 async def list_replays(
-    reader: AuditReader, q: Annotated[Paging, Query()]
+    reader: AuditReader, q: Annotated[ReplayListQuery, Query()]
 ) -> Page[resources.Replay]:
     """Replays newest first, with status and counters."""
     before = time_keyset(reader.decode(q.cursor, "replays", {}), UUID)
