@@ -23,6 +23,7 @@ from dispatcher.api.routes import (
     health,
     metrics,
     rejected,
+    replays,
 )
 from dispatcher.api.snapshot import SnapshotRefresher
 from dispatcher.db.engine import create_engine
@@ -96,7 +97,16 @@ def create_app(settings: Settings, *, probes: Sequence[ComponentProbe] = ()) -> 
         max_body_bytes=limits.max_body_bytes,
         timeout=limits.request_timeout,
     )
-    for module in (health, metrics, events, deliveries, rejected, audit, channels):
+    for module in (
+        health,
+        metrics,
+        events,
+        deliveries,
+        rejected,
+        audit,
+        channels,
+        replays,
+    ):
         app.include_router(module.router)
     _problem_media_type(app)
     return app

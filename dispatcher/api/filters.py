@@ -22,6 +22,7 @@ from dispatcher.errors import ErrorClass
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.events.rejection import RejectReason
 from dispatcher.events.schema import ENDPOINT_NAME_PATTERN
+from dispatcher.outbox.dead import DeadFilter
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 250
@@ -146,3 +147,68 @@ class AuditFilters(Filters):
 
 class AuditQuery(AuditFilters, Paging):
     pass
+
+
+class ReplayFilters(Filters):
+    """Which dead letters, as ``dispatcher dlq`` selects them (one ``DeadFilter``)."""
+
+    channel: list[ChannelKind] = Field(default_factory=list, max_length=3)
+    type: TypeFilter | None = Field(
+        default=None, description="Event type prefix: `crisis.` or `crisis.*`."
+    )
+    severity: list[Severity] = Field(default_factory=list, max_length=5)
+    error_class: list[ErrorClass] = Field(default_factory=list, max_length=20)
+    endpoint: list[Text] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Webhook endpoint, or the email/SMS provider that failed last.",
+    )
+    dead_from: Timestamp | None = Field(
+        default=None, description="Dead-lettered at or after."
+    )
+    dead_until: Timestamp | None = Field(
+        default=None, description="Dead-lettered at or before."
+    )
+    #: In a query string: few ids (its length is bounded); a POST body takes more.
+    event_id: list[UUID] = Field(default_factory=list, max_length=10)
+    delivery_id: list[UUID] = Field(default_factory=list, max_length=10)
+    failures_of: UUID | None = Field(
+        default=None,
+        description="The deliveries this replay requeued that failed again.",
+    )
+
+    def dead_filter(self) -> DeadFilter:
+        return DeadFilter(
+            channels=tuple(c.value for c in self.channel),
+            type_prefix=self.type,
+            severities=tuple(s.value for s in self.severity),
+            error_classes=tuple(e.value for e in self.error_class),
+            endpoints=tuple(self.endpoint),
+            dead_from=self.dead_from,
+            dead_until=self.dead_until,
+            event_ids=tuple(self.event_id),
+            delivery_ids=tuple(self.delivery_id),
+            failures_of=self.failures_of,
+        )
+
+
+class ReplayBodyFilters(ReplayFilters):
+    """The filters of a replay to create (a JSON body: up to 100 ids of each kind)."""
+
+    event_id: list[UUID] = Field(default_factory=list, max_length=100)
+    delivery_id: list[UUID] = Field(default_factory=list, max_length=100)
+
+
+#: Skip events older than this many seconds (``--max-age``): at most a year.
+MAX_AGE_LIMIT = 366 * 86400
+
+
+class ReplayPlanQuery(ReplayFilters):
+    max_age: Annotated[float, Field(ge=0, le=MAX_AGE_LIMIT)] | None = Field(
+        default=None, description="Skip events older than this many seconds."
+    )
+    sample: int = Field(default=10, ge=0, le=100, description="Sample size.")
+
+
+class ReplayListQuery(Filters, Paging):
+    """The replay list takes no filter; an unknown parameter is still refused."""

@@ -4,7 +4,7 @@ The detail says what was wrong with the request in words a caller can act on; it
 carries a stack trace, SQL, a secret or a value the caller sent (which may be PII).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from dispatcher.errors import StorageConflict, StorageUnavailable
 
@@ -103,6 +104,24 @@ def _parameter(loc: list[str | int]) -> str:
     return named[0] if named else str(loc[-1])
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes themselves, through the wrappers FastAPI puts around included routers."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from _routes(inner.routes) if inner is not None else (route,)
+
+
+def _allowed(request: Request, named: str | None) -> str:
+    """Every method some route serves at this path: Starlette names only the first
+    route's (``named``), though ``GET`` and ``POST /v1/replays`` are two routes."""
+    methods = {m.strip() for m in (named or "").split(",") if m.strip()}
+    for route in _routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem document."""
 
@@ -122,8 +141,11 @@ def install(app: FastAPI) -> None:
             404: "no such resource",
             405: f"method {request.method} is not allowed here",
         }.get(exc.status_code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = _allowed(request, headers.get("Allow"))
         return problem_response(
-            exc.status_code, detail, instance=request.url.path, headers=exc.headers
+            exc.status_code, detail, instance=request.url.path, headers=headers
         )
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,20 @@ class Reader:
             async with self.state["engine"].connect() as conn:
                 yield conn
 
+    @asynccontextmanager
+    async def driver(self, *, write: bool = False) -> AsyncIterator[Any]:
+        """The asyncpg connection the outbox stores take; with ``write``, inside one
+        read-write transaction (the API's sessions are read-only by default)."""
+        async with self.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            if not write:
+                yield raw
+                return
+            with wrap_db_errors():
+                async with raw.transaction():
+                    await raw.execute("SET TRANSACTION READ WRITE")
+                    yield raw
+
     async def disclosed(
         self,
         ids: Sequence[UUID | int | str],
@@ -115,6 +129,10 @@ def _reader(scopes: frozenset[Scope]) -> Any:
 AuditReader = Annotated[
     Reader, Depends(_reader(frozenset({Scope.AUDIT_READ, Scope.AUDIT_READ_PII})))
 ]
+
+
+#: A token that may replay, cancel and discard dead letters.
+DlqWriter = Annotated[Reader, Depends(_reader(frozenset({Scope.DLQ_WRITE})))]
 
 
 def time_keyset(

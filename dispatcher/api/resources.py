@@ -230,3 +230,113 @@ def rejected_detail(row: Any, pii: bool) -> RejectedDetail:
         body_base64=base64.b64encode(row.body).decode() if pii else None,
         headers=row.headers if pii else None,
     )
+
+
+class PlanSample(BaseModel):
+    """One dead letter of a replay plan."""
+
+    model_config = _OUT
+
+    delivery_id: UUID
+    event_id: UUID
+    channel: str
+    recipient: str = Field(description="Masked without `audit:read-pii`.")
+    endpoint: str | None
+    error_class: str | None
+    attempts: int
+    dead_at: datetime
+    type: str
+    severity: str
+
+
+class ReplayPlan(BaseModel):
+    """What a replay with these filters would do now: counts, groups, skips, a sample."""
+
+    model_config = _OUT
+
+    as_of: datetime
+    count: int = Field(description="Dead letters the filters select.")
+    to_requeue: int = Field(description="Of those, what a replay would requeue.")
+    by_channel: dict[str, int]
+    by_error_class: dict[str, int]
+    by_endpoint: dict[str, int]
+    skips: dict[str, int] = Field(description="Would be skipped, by reason.")
+    in_other_replay: int = Field(description="Already waiting in another replay.")
+    warnings: list[str]
+    sample: list[PlanSample]
+
+
+class Replay(BaseModel):
+    """A replay job and its counters."""
+
+    model_config = _OUT
+
+    replay_id: UUID
+    created_at: datetime
+    created_by: str = Field(description="Token name or OS user.")
+    reason: str
+    filters: dict[str, Any]
+    status: str = Field(description="planned, running, paused, done or cancelled.")
+    total: int
+    requeued: int
+    delivered: int
+    failed_again: int
+    skipped: int
+    pending: int = Field(description="Requeued, no outcome yet.")
+    rate: float = Field(description="Requeued per second; 0: unthrottled.")
+    max_age_seconds: float | None
+    finished_at: datetime | None
+    updated_at: datetime
+    runner: str | None = Field(description="The replica holding it, if any.")
+
+
+def plan_sample(row: Any) -> PlanSample:
+    return PlanSample(
+        delivery_id=row.id,
+        event_id=row.event_id,
+        channel=row.channel,
+        recipient=row.recipient,
+        endpoint=row.endpoint,
+        error_class=row.error_class,
+        attempts=row.attempts,
+        dead_at=row.dead_at,
+        type=row.type,
+        severity=row.severity,
+    )
+
+
+def replay_plan(plan: Any) -> ReplayPlan:
+    return ReplayPlan(
+        as_of=plan.as_of,
+        count=plan.count,
+        to_requeue=plan.to_requeue,
+        by_channel=plan.by_channel,
+        by_error_class=plan.by_error_class,
+        by_endpoint=plan.by_endpoint,
+        skips=plan.skips,
+        in_other_replay=plan.in_other_replay,
+        warnings=plan.warnings(),
+        sample=[plan_sample(s) for s in plan.sample],
+    )
+
+
+def replay(row: Any) -> Replay:
+    return Replay(
+        replay_id=row.id,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        reason=row.reason,
+        filters=row.filters,
+        status=row.status,
+        total=row.total,
+        requeued=row.requeued,
+        delivered=row.delivered,
+        failed_again=row.failed_again,
+        skipped=row.skipped,
+        pending=row.pending,
+        rate=row.rate,
+        max_age_seconds=row.max_age_seconds,
+        finished_at=row.finished_at,
+        updated_at=row.updated_at,
+        runner=row.lease_owner,
+    )

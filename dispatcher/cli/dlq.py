@@ -21,7 +21,7 @@ import typer
 from dispatcher.cli.root import app, run, settings
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.dead import DeadFilter, Plan
-from dispatcher.outbox.replays import ReplayRow
+from dispatcher.outbox.replays import DEFAULT_RATE, ReplayRow
 
 dlq_app = typer.Typer(
     help="Dead letters: list, replay, discard, and watch replays.",
@@ -29,8 +29,11 @@ dlq_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 
-#: Replays requeue this many deliveries a second unless told otherwise.
-DEFAULT_RATE = 10.0
+#: Replay and discard leave the broker's DLQ queues to this (docs/operations.md).
+RECONCILE_HINT = (
+    "the broker's DLQ queues still hold these messages: "
+    "run 'dispatcher dlq reconcile' when done"
+)
 
 Channels = Annotated[
     list[ChannelKind], typer.Option("--channel", help="Repeat for several.")
@@ -284,6 +287,7 @@ async def _watch(replay_id: uuid.UUID, total: int) -> ReplayRow:
         await asyncio.gather(task, return_exceptions=True)
         await engine.dispose()
     typer.echo(_describe(row))
+    typer.echo(RECONCILE_HINT)
     return row
 
 
@@ -379,3 +383,37 @@ def discard(  # noqa: PLR0917 - typer: one parameter per option
     typer.echo(
         "discarded: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "none")
     )
+    if counts:
+        typer.echo(RECONCILE_HINT)
+
+
+@dlq_app.command("reconcile")
+def reconcile(
+    channel: Channels = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Make the broker's <prefix>.dlq.<channel> queues agree with the database: remove
+    the messages of deliveries no longer dead, publish the dead letters they lack."""
+    typer.echo(_reconcile(tuple(channel) or tuple(ChannelKind)))
+
+
+def _reconcile(channels: tuple[ChannelKind, ...]) -> str:
+    from dispatcher.app import build_engine  # noqa: PLC0415
+    from dispatcher.delivery.reconcile import reconcile as run_reconcile  # noqa: PLC0415
+
+    cfg = settings()
+
+    async def go() -> str:
+        engine = build_engine(cfg, "dispatcher-dlq")
+        try:
+            done = await run_reconcile(
+                cfg.amqp_url.get_secret_value(), cfg.queue_prefix, engine, channels
+            )
+        finally:
+            await engine.dispose()
+        return "\n".join(
+            f"{r.channel}: found={r.found} kept={r.kept} removed={r.removed} "
+            f"restored={r.restored}"
+            for r in done
+        )
+
+    return run(go())

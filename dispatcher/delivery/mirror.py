@@ -67,18 +67,7 @@ class DeadLetterMirror:
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url, timeout=10)
         channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await channel.declare_exchange(
-            topology.dlq_exchange(self._prefix),
-            aio_pika.ExchangeType.DIRECT,
-            durable=True,
-        )
-        for kind in ChannelKind:
-            queue = await channel.declare_queue(
-                topology.channel_dlq(self._prefix, kind),
-                durable=True,
-                arguments={"x-queue-type": "quorum"},
-            )
-            await queue.bind(self._exchange, routing_key=kind.value)
+        self._exchange = await declare(channel, self._prefix)
         self._task = asyncio.create_task(self._run(), name="dlq-mirror")
 
     async def stop(self) -> None:
@@ -191,31 +180,59 @@ class DeadLetterMirror:
     async def _publish(self, row: DeadLettered) -> bool:
         if self._exchange is None:
             return False
-        body = json.dumps(
-            {
-                "delivery_id": str(row.id),
-                "event_id": str(row.event_id),
-                "channel": row.channel,
-                "attempts": row.attempts,
-                "error_class": row.error_class,
-            }
-        ).encode()
-        try:
-            await self._exchange.publish(
-                aio_pika.Message(
-                    body,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=str(row.id),
-                    content_type="application/json",
-                ),
-                routing_key=row.channel,
-                timeout=self._timeout,
-            )
-        except (
-            TimeoutError,
-            OSError,
-            aio_pika.exceptions.AMQPError,
-            aio_pika.exceptions.ChannelInvalidStateError,  # reconnecting
-        ):
-            return False
-        return True
+        return await publish(self._exchange, row, wait=self._timeout)
+
+
+def mirror_message(row: DeadLettered) -> aio_pika.Message:
+    """The mirror's message for a dead letter: ids and error class, no PII."""
+    body = json.dumps(
+        {
+            "delivery_id": str(row.id),
+            "event_id": str(row.event_id),
+            "channel": row.channel,
+            "attempts": row.attempts,
+            "error_class": row.error_class,
+        }
+    ).encode()
+    return aio_pika.Message(
+        body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(row.id),
+        content_type="application/json",
+    )
+
+
+async def declare(
+    channel: aio_pika.abc.AbstractChannel, prefix: str
+) -> AbstractExchange:
+    """The mirror's exchange and one bound quorum queue per channel (idempotent)."""
+    exchange = await channel.declare_exchange(
+        topology.dlq_exchange(prefix), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for kind in ChannelKind:
+        queue = await channel.declare_queue(
+            topology.channel_dlq(prefix, kind),
+            durable=True,
+            arguments={"x-queue-type": "quorum"},
+        )
+        await queue.bind(exchange, routing_key=kind.value)
+    return exchange
+
+
+async def publish(
+    exchange: AbstractExchange, row: DeadLettered, *, wait: float
+) -> bool:
+    """Publish one dead letter's mirror message (confirmed within ``wait`` s); True
+    once the broker confirmed it."""
+    try:
+        await exchange.publish(
+            mirror_message(row), routing_key=row.channel, timeout=wait
+        )
+    except (
+        TimeoutError,
+        OSError,
+        aio_pika.exceptions.AMQPError,
+        aio_pika.exceptions.ChannelInvalidStateError,  # reconnecting
+    ):
+        return False
+    return True

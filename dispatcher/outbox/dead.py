@@ -231,8 +231,10 @@ async def plan(
     max_age_seconds: float | None = None,
     sample: int = 10,
     as_of: datetime | None = None,
+    masked: bool = True,
 ) -> Plan:
-    """Count, group and sample the dead letters ``where`` selects (read only)."""
+    """Count, group and sample the dead letters ``where`` selects (read only); the
+    sample's recipients are masked unless ``masked`` is False (a PII reader)."""
     as_of = as_of or await now(conn)
     values = {**where.params(as_of), "max_age": max_age_seconds, "sample": sample}
     channel: Counter[str] = Counter()
@@ -263,7 +265,9 @@ async def plan(
                 r["id"],
                 r["event_id"],
                 r["channel"],
-                mask_recipient(r["channel"], r["recipient"]),
+                mask_recipient(r["channel"], r["recipient"])
+                if masked
+                else r["recipient"],
                 r["endpoint"],
                 r["error_class"],
                 r["attempts"],

@@ -21,6 +21,9 @@ from dispatcher.db.sql import Executor, Statement
 from dispatcher.outbox.dead import MATCH, DeadFilter, skip_reason
 from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
+#: Replays requeue this many deliveries a second unless told otherwise.
+DEFAULT_RATE = 10.0
+
 _COLUMNS = """id, created_at, created_by, reason, filters, status, total, requeued,
               delivered, failed_again, skipped, rate, max_age_seconds, finished_at,
               updated_at, lease_owner, lease_expires_at"""
@@ -235,7 +238,13 @@ _CANCEL_ITEMS = Statement.compile(
 
 _GET = Statement.compile(f"SELECT {_COLUMNS} FROM replays WHERE id = :id")  # noqa: S608 - constant columns
 _LIST = Statement.compile(
-    f"SELECT {_COLUMNS} FROM replays ORDER BY created_at DESC, id LIMIT :limit"  # noqa: S608
+    f"""
+    SELECT {_COLUMNS} FROM replays
+    WHERE CAST(:before_at AS timestamptz) IS NULL
+       OR (created_at, id) < (CAST(:before_at AS timestamptz), CAST(:before_id AS uuid))
+    ORDER BY created_at DESC, id DESC
+    LIMIT :limit
+    """  # noqa: S608 - constant columns
 )
 
 #: The newest transition of each breaker (per replica) within the horizon, when it is
@@ -404,9 +413,13 @@ async def get(conn: Executor, replay_id: UUID) -> ReplayRow | None:
     return _row(rows[0]) if rows else None
 
 
-async def recent(conn: Executor, limit: int = 50) -> list[ReplayRow]:
-    """Replays newest first."""
-    return [_row(r) for r in await _LIST.fetch(conn, limit=limit)]
+async def recent(
+    conn: Executor, limit: int = 50, before: tuple[datetime, UUID] | None = None
+) -> list[ReplayRow]:
+    """Replays newest first; ``before`` a ``(created_at, id)``: only older ones."""
+    at, ident = before or (None, None)
+    rows = await _LIST.fetch(conn, limit=limit, before_at=at, before_id=ident)
+    return [_row(r) for r in rows]
 
 
 async def open_breakers(

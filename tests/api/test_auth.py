@@ -20,7 +20,12 @@ PROTECTED = [
     "/v1/rejected/1",
     "/v1/audit",
     "/v1/channels",
+    "/v1/replays/plan",
+    "/v1/replays",
+    f"/v1/replays/{ID}",
 ]
+#: Write routes (POST), checked with ``dlq:write`` in tests/api/test_replays.py.
+WRITES = {"/v1/replays", "/v1/replays/{replay_id}/cancel"}
 
 
 def test_every_route_is_in_the_matrix(api_settings) -> None:
@@ -35,8 +40,11 @@ def test_every_route_is_in_the_matrix(api_settings) -> None:
         "/v1/rejected/{rejected_id}",
         "/v1/audit",
         "/v1/channels",
+        "/v1/replays/plan",
+        "/v1/replays",
+        "/v1/replays/{replay_id}",
     }
-    assert paths == listed | {"/healthz", "/readyz", "/metrics"}
+    assert paths == listed | WRITES | {"/healthz", "/readyz", "/metrics"}
 
 
 @pytest.mark.parametrize("path", PROTECTED)
