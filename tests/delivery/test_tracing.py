@@ -55,7 +55,7 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     twilio_sink: TwilioSink,
     webhook_sink: WebhookSink,
 ) -> None:
-    """publish -> process -> deliver (-> send) share the producer's trace id for email,
+    """publish -> process -> deliver (with a send event per provider try) share the producer's trace id for email,
     SMS and webhook; a retried delivery's attempts join it too; the webhook receiver
     gets that trace id in ``traceparent``; no span carries an address or number."""
     webhook_sink.respond("/monitor", 503, times=1)
@@ -118,14 +118,30 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     )
     assert second.attributes["dispatcher.outcome"] == "delivered"
 
-    sends = [s for s in finished if s.kind is SpanKind.CLIENT]
-    assert all(trace_of(s) == trace_id for s in sends)
+    assert all(s.kind is SpanKind.CLIENT for s in attempts)
+    sends = [
+        (span, event)
+        for span in attempts
+        for event in span.events
+        if event.name == "send"
+    ]
+    assert len(sends) == len(attempts)  # one provider per channel here: one try each
     codes = sorted(
-        str(s.attributes.get("dispatcher.provider_status_code"))
-        for s in sends
-        if s.attributes and s.attributes["dispatcher.channel"] == "webhook"
+        str(event.attributes.get("dispatcher.provider_status_code"))
+        for span, event in sends
+        if event.attributes
+        and span.attributes
+        and span.attributes["dispatcher.channel"] == "webhook"
     )
     assert codes == ["200", "503"]
+    webhook_providers = {
+        str(event.attributes.get("dispatcher.provider"))
+        for span, event in sends
+        if event.attributes
+        and span.attributes
+        and span.attributes["dispatcher.channel"] == "webhook"
+    }
+    assert webhook_providers == {"monitor"}  # the endpoint's configured name
 
     received = webhook_sink.received_on("/monitor")
     assert len(received) == 2
