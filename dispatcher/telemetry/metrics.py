@@ -192,11 +192,16 @@ def replay_started() -> None:
     REPLAYS_RUNNING.inc()
 
 
-def replay_finished(replayed: dict[str, int]) -> None:
-    """A replay ended; ``replayed`` counts the deliveries it put back, per channel."""
-    REPLAYS_RUNNING.dec()
-    for channel, count in replayed.items():
+def replayed(by_channel: dict[str, int]) -> None:
+    """A replay put these dead deliveries back to pending, per channel."""
+    for channel, count in by_channel.items():
         REPLAYED.labels(channel).inc(count)
+
+
+def replay_finished() -> None:
+    """A replay this process ran stopped running here: done, cancelled, taken over,
+    or the process is stopping."""
+    REPLAYS_RUNNING.dec()
 
 
 def spans_dropped(count: int) -> None:

@@ -182,6 +182,7 @@ def delivery_attempt(
     event_id: str,
     attempt: int,
     severity: str,
+    replay_id: str | None = None,
 ) -> Iterator[Span | None]:
     """A CLIENT span for one attempt at one delivery, in the event's stored trace; the
     adapter's request carries its context (a webhook receiver's ``traceparent``)."""
@@ -189,17 +190,20 @@ def delivery_attempt(
     if tracer is None:
         yield None
         return
+    attributes: dict[str, str | int] = {
+        "dispatcher.channel": channel,
+        "dispatcher.delivery_id": delivery_id,
+        "dispatcher.event_id": event_id,
+        "dispatcher.attempt": attempt,
+        "dispatcher.severity": severity,
+    }
+    if replay_id:
+        attributes["dispatcher.replay_id"] = replay_id
     with tracer.start_as_current_span(
         f"deliver {channel}",
         context=_context(traceparent) or Context(),
         kind=SpanKind.CLIENT,
-        attributes={
-            "dispatcher.channel": channel,
-            "dispatcher.delivery_id": delivery_id,
-            "dispatcher.event_id": event_id,
-            "dispatcher.attempt": attempt,
-            "dispatcher.severity": severity,
-        },
+        attributes=attributes,
     ) as span:
         yield span
 

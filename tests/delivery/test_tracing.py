@@ -4,11 +4,8 @@ Spans go to an in-memory exporter; the far ends are the local SMTP, Twilio-compa
 webhook servers, and the webhook receiver records the ``traceparent`` it was sent.
 """
 
-from collections.abc import Iterator
-
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -17,7 +14,7 @@ from opentelemetry.trace import SpanKind
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.sinks.twilio import TwilioSink
 from dispatcher.sinks.webhook import WebhookSink
-from dispatcher.telemetry import tracing
+from tests.delivery.conftest import trace_of
 from tests.delivery.harness import (
     StackFactory,
     email_channel,
@@ -30,22 +27,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 EMAIL = ("email", "crisis-team@example.org")
 PHONE = ("sms", "+15550100001")
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    yield exporter
-    tracing.uninstall()
-    provider.shutdown()
-
-
-def trace_of(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return int(span.context.trace_id)
 
 
 async def test_one_trace_from_publish_to_delivered_on_every_channel(
