@@ -37,7 +37,8 @@ and 2 replicas, dispatcher at 1 replica with the SMS sink down. With ``--repeat 
 scenarios run N times interleaved and the report gives every run and the medians.
 With ``--variant`` (repeatable) every dispatcher scenario runs once per variant, interleaved:
 ``off`` (tracing off, the default), ``on`` (tracing on, every span exported over OTLP/HTTP
-protobuf to a stand-in collector, bench/otlp_sink.py, started by the bench), or
+protobuf to a stand-in collector, bench/otlp_sink.py, started by the bench), ``on@0.1``
+(the same, head-sampling that fraction of traces), or
 ``NAME=PATH`` (tracing off, the dispatcher code of another checkout, e.g. a
 ``git worktree add`` of an older commit, put first on the replica's ``PYTHONPATH``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
@@ -152,13 +153,15 @@ class Variant:
 
     def __init__(self, spec: str) -> None:
         name, _, path = spec.partition("=")
-        if not path and name not in {"off", "on"}:
+        mode, _, ratio = name.partition("@")
+        if not path and mode not in {"off", "on"}:
             raise argparse.ArgumentTypeError(
-                f"--variant {spec!r}: off, on or NAME=PATH"
+                f"--variant {spec!r}: off, on, on@RATIO or NAME=PATH"
             )
         self.name = name
         self.root = Path(path).resolve() if path else ROOT
-        self.tracing = name == "on"
+        self.tracing = mode == "on" and not path
+        self.ratio = ratio
 
     def env(self, otlp_port: int) -> dict[str, str]:
         env = {"PYTHONPATH": str(self.root)}
@@ -166,6 +169,9 @@ class Variant:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
         else:
             env["OTEL_SDK_DISABLED"] = "true"
+        if self.ratio:
+            env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+            env["OTEL_TRACES_SAMPLER_ARG"] = self.ratio
         return env
 
 
@@ -628,7 +634,7 @@ def main() -> None:
         "--variant",
         type=Variant,
         action="append",
-        help="off | on | NAME=PATH; repeat to interleave (see above)",
+        help="off | on | on@RATIO | NAME=PATH; repeat to interleave (see above)",
     )
     parser.add_argument(
         "--split",
