@@ -39,6 +39,12 @@ scenarios run N times interleaved and the report gives every run and the medians
 ``--api-load RATE`` also queries each dispatcher replica's audit API at RATE requests/s
 (bench/api_load.py) from the moment it is ready until the end of its latency phase; the
 scenario is then named ``...-api-load`` and reports the API's own p50/p99 and failures.
+With ``--variant`` (repeatable) every dispatcher scenario runs once per variant, interleaved:
+``off`` (tracing off, the default), ``on`` (tracing on, every span exported over OTLP/HTTP
+protobuf to a stand-in collector, bench/otlp_sink.py, started by the bench), ``on@0.1``
+(the same, head-sampling that fraction of traces), or
+``NAME=PATH`` (tracing off, the dispatcher code of another checkout, e.g. a
+``git worktree add`` of an older commit, put first on the replica's ``PYTHONPATH``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
@@ -145,6 +151,33 @@ def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
 #: ``--split``: a dispatcher replica runs as two processes, ingest and the channel
 #: workers, so it can use both cores (docs/benchmarks.md).
 SPLIT = False
+
+
+class Variant:
+    """One way to run the dispatcher replicas: which code, tracing on or off."""
+
+    def __init__(self, spec: str) -> None:
+        name, _, path = spec.partition("=")
+        mode, _, ratio = name.partition("@")
+        if not path and mode not in {"off", "on"}:
+            raise argparse.ArgumentTypeError(
+                f"--variant {spec!r}: off, on, on@RATIO or NAME=PATH"
+            )
+        self.name = name
+        self.root = Path(path).resolve() if path else ROOT
+        self.tracing = mode == "on" and not path
+        self.ratio = ratio
+
+    def env(self, otlp_port: int) -> dict[str, str]:
+        env = {"PYTHONPATH": str(self.root)}
+        if self.tracing:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+        else:
+            env["OTEL_SDK_DISABLED"] = "true"
+        if self.ratio:
+            env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+            env["OTEL_TRACES_SAMPLER_ARG"] = self.ratio
+        return env
 
 
 def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
@@ -305,6 +338,7 @@ async def run_scenario(
     down: str | None = None,
     profile: Path | None = None,
     api_load: float = 0.0,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
     db = await fresh_database()
     load = ApiLoad(api_load if kind == "dispatcher" else 0.0)
@@ -328,6 +362,8 @@ async def run_scenario(
     }
     name = f"{kind}-x{replicas}" + (f"-{down}-down" if down else "")
     name += load.suffix
+    env.update(variant.env(ports["otlp"]) if variant else {})
+    name += f"-{variant.name}" if variant else ""
     result: dict[str, Any] = {"scenario": name, "kind": kind, "replicas": replicas}
     procs: list[Proc | ProcGroup] = []
     try:
@@ -471,8 +507,10 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def scenario_list(args: argparse.Namespace) -> list[tuple[str, int, str | None]]:
-    """(kind, replicas, sink down) for every scenario the arguments select."""
+def scenario_list(
+    args: argparse.Namespace,
+) -> list[tuple[str, int, str | None, Variant | None]]:
+    """(kind, replicas, sink down, variant) for every scenario the arguments select."""
     scenarios: list[tuple[str, int, str | None]] = []
     if args.only in {None, "dispatcher"}:
         scenarios += [("dispatcher", 1, None), ("dispatcher", 2, None)]
@@ -482,27 +520,43 @@ def scenario_list(args: argparse.Namespace) -> list[tuple[str, int, str | None]]
         scenarios.append(("dispatcher", 1, "sms"))
     if args.replicas is not None:
         scenarios = [s for s in scenarios if s[1] == args.replicas and s[2] is None]
-    return scenarios
+    variants: list[Variant | None] = list(args.variant or [None])
+    return [
+        (kind, n, down, variant if kind == "dispatcher" else None)
+        for kind, n, down in scenarios
+        for variant in (variants if kind == "dispatcher" else [None])
+    ]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path("/tmp") / f"dispatcher-e2e-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
-    ports = {c: free_port() for c in ("smtp", "sms", "webhook", "control")}
+    ports = {c: free_port() for c in ("smtp", "sms", "webhook", "control", "otlp")}
     sink_proc = Proc(
         [sys.executable, str(ROOT / "bench" / "sinks.py")]
-        + [f"--{c}-port={p}" for c, p in ports.items()],
+        + [f"--{c}-port={p}" for c, p in ports.items() if c != "otlp"],
         {"PYTHONPATH": str(ROOT)},
         tmp / "sinks.log",
         "sinks.ready",
     )
     sink_proc.wait_ready()
+    otlp_proc = Proc(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "otlp_sink.py"),
+            f"--port={ports['otlp']}",
+        ],
+        {"PYTHONPATH": str(ROOT)},
+        tmp / "otlp.log",
+        "otlp.ready",
+    )
+    otlp_proc.wait_ready()
     sinks = SinkControl(ports["control"])
     scenarios = scenario_list(args)
     runs: list[dict[str, Any]] = []
     try:
         for rep in range(args.repeat):
-            for kind, n_replicas, down in scenarios:
+            for kind, n_replicas, down, variant in scenarios:
                 profile = None
                 if (
                     args.profile
@@ -511,7 +565,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     and n_replicas == 1
                     and not down
                 ):
-                    profile = ROOT / "bench" / "results" / "e2e-dispatcher-drain.folded"
+                    suffix = f"-{variant.name}" if variant else ""
+                    profile = (
+                        ROOT
+                        / "bench"
+                        / "results"
+                        / f"e2e-dispatcher-drain{suffix}.folded"
+                    )
                 t0 = time.monotonic()
                 r = await run_scenario(
                     kind,
@@ -526,6 +586,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     down=down,
                     profile=profile,
                     api_load=args.api_load,
+                    variant=variant,
                 )
                 r["repeat"] = rep
                 r["wall_s"] = time.monotonic() - t0
@@ -535,6 +596,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await sinks.http.close()
         sink_proc.stop()
+        otlp_proc.stop()
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(),
         "events": args.events,
@@ -587,6 +649,12 @@ def main() -> None:
         metavar="RATE",
         help="also query each dispatcher replica's audit API at RATE requests/s "
         "(typical list queries, bench/api_load.py) during the drain and latency phases",
+    )
+    parser.add_argument(
+        "--variant",
+        type=Variant,
+        action="append",
+        help="off | on | on@RATIO | NAME=PATH; repeat to interleave (see above)",
     )
     parser.add_argument(
         "--split",

@@ -238,6 +238,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    #: ``dispatcher worker`` (no API) serves ``/metrics`` on this port; None: it does not.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
 
     @field_validator("database_url")
     @classmethod

@@ -90,7 +90,9 @@ def worker(
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
-    """Run channel workers only (no ingest), e.g. to scale one channel on its own."""
+    """Run channel workers only (no ingest), e.g. to scale one channel on its own.
+
+    It serves no API; with ``metrics_port`` set it serves ``/metrics`` there."""
     from dispatcher.app import build_delivery, channel_configs  # noqa: PLC0415
 
     cfg = settings()
@@ -105,6 +107,7 @@ def worker(
         cfg,
         "dispatcher-worker",
         lambda engine: [build_delivery(cfg, engine, only=set(channel) or None)],
+        serve_metrics=True,
     )
 
 
@@ -112,16 +115,28 @@ def _serve(
     cfg: Settings,
     application_name: str,
     services: Callable[["AsyncEngine"], list["Service"]],
+    *,
+    serve_metrics: bool = False,
 ) -> None:
-    """Configure logging, build the engine and the services, run until a signal."""
+    """Configure logging, build the engine and the services, run until a signal;
+    with ``serve_metrics`` and ``metrics_port`` set, serve ``/metrics`` meanwhile."""
     from dispatcher.app import build_engine, run_until_signalled  # noqa: PLC0415
     from dispatcher.logs import configure_logging  # noqa: PLC0415
+    from dispatcher.telemetry import metrics  # noqa: PLC0415
 
     configure_logging(cfg.log_level, cfg.log_format)
+    stop_metrics: Callable[[], None] | None = None
+    if serve_metrics and cfg.metrics_port is not None:
+        stop_metrics = metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        log.info("dispatcher.metrics.serving", port=cfg.metrics_port)
 
     async def go() -> None:
         engine = build_engine(cfg, application_name)
         await run_until_signalled(services(engine), engine)
 
-    with traced():
-        run(go())
+    try:
+        with traced():
+            run(go())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()

@@ -90,16 +90,15 @@ async def attempt(
         provider = (
             row.recipient if channel.kind is ChannelKind.WEBHOOK else channel.name
         )
-        with tracing.provider_try(channel.kind.value, provider, row.attempts) as span:
-            result = await _try(channel, message, deadline)
-            tracing.try_ended(
-                span,
-                outcome="delivered" if isinstance(result, SendReceipt) else "failed",
-                error_class=None
-                if isinstance(result, SendReceipt)
-                else result.error_class.value,
-                provider_code=result.provider_code,
-            )
+        result = await _try(channel, message, deadline)
+        tracing.provider_tried(
+            provider=provider,
+            outcome="delivered" if isinstance(result, SendReceipt) else "failed",
+            error_class=None
+            if isinstance(result, SendReceipt)
+            else result.error_class.value,
+            provider_code=result.provider_code,
+        )
         if isinstance(result, SendReceipt):
             candidate.breaker.record_success()
             records.append(

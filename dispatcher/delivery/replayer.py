@@ -30,6 +30,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.outbox import replays
 from dispatcher.outbox.replays import ReplayRow
 from dispatcher.resilience.backoff import Backoff
+from dispatcher.telemetry import metrics
 
 log = structlog.get_logger("dispatcher.replay")
 
@@ -114,6 +115,13 @@ class ReplayRunner:
 
     async def _drive(self, replay: ReplayRow) -> None:
         """Requeue at the rate, settle and renew every second, until final or stopped."""
+        metrics.replay_started()
+        try:
+            await self._run_replay(replay)
+        finally:
+            metrics.replay_finished()
+
+    async def _run_replay(self, replay: ReplayRow) -> None:
         conn = await self._link.driver()
         log.info("dispatcher.replay.running", replay_id=str(replay.id))
         rate = replay.rate
@@ -138,6 +146,7 @@ class ReplayRunner:
                 if not step.held:
                     log.info("dispatcher.replay.released", replay_id=str(replay.id))
                     return
+                metrics.replayed(step.by_channel)
                 tokens -= step.requeued if rate > 0 else 0
                 paused = not (step.requeued or step.skipped) and any(held)
             if now >= next_settle or not waiting:

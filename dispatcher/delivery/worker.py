@@ -293,6 +293,7 @@ class ChannelWorker:
                 event_id=str(row.event_id),
                 attempt=row.attempts,
                 severity=severity,
+                replay_id=str(row.replay_id) if row.replay_id else None,
             ) as span,
         ):
             outcome = await attempt(

@@ -150,6 +150,9 @@ _REQUEUE = Statement.compile(
     SELECT (SELECT count(*) FROM r) AS held,
            (SELECT count(*) FROM items WHERE state = 'requeued') AS requeued,
            (SELECT count(*) FROM items WHERE state = 'skipped') AS skipped,
+           (SELECT coalesce(jsonb_object_agg(channel, n), '{{}}')
+            FROM (SELECT channel, count(*) AS n FROM requeued GROUP BY channel) AS c)
+               AS by_channel,
            (SELECT count(*) FROM woken) AS woken,
            (SELECT count(*) FROM counted) AS counted
     """  # noqa: S608 - constant SQL fragments; values are bound
@@ -304,6 +307,8 @@ class Step:
     held: bool
     requeued: int
     skipped: int
+    #: Deliveries requeued, per channel.
+    by_channel: dict[str, int]
 
 
 def _row(r: Any) -> ReplayRow:
@@ -378,7 +383,9 @@ async def requeue(
         "notify": OUTBOX_NOTIFY_CHANNEL,
     }
     [row] = await _REQUEUE.fetch(conn, **values)
-    return Step(bool(row["held"]), row["requeued"], row["skipped"])
+    return Step(
+        bool(row["held"]), row["requeued"], row["skipped"], dict(row["by_channel"])
+    )
 
 
 async def settle(conn: Executor, replay_id: UUID) -> tuple[ReplayRow, int] | None:

@@ -36,10 +36,10 @@ _LEASE_CHOSEN = """
         FROM events AS e
         WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND e.id = d.event_id
         RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, e.payload
+                  d.created_at, d.traceparent, d.replay_id, e.payload
     )
     SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
-           l.created_at, l.traceparent, l.payload, r.considered, r.capped
+           l.created_at, l.traceparent, l.replay_id, l.payload, r.considered, r.capped
     FROM report AS r
     LEFT JOIN (leased AS l JOIN chosen AS c USING (id)) ON true
     ORDER BY c.priority, c.next_attempt_at
@@ -238,6 +238,8 @@ class Claimed:
     priority: int
     created_at: datetime
     traceparent: str | None
+    #: The replay that put this delivery back, None for one never dead-lettered.
+    replay_id: UUID | None
     payload: dict[str, Any]
 
 

@@ -1,6 +1,7 @@
 """Every Prometheus metric of the dispatcher, and the small functions the hot paths call.
 
-One registry for the process, served at ``/metrics`` by the API. Labels are bounded and
+One registry for the process, served at ``/metrics`` by the API (``dispatcher worker``,
+which runs no API: by ``serve``, on ``metrics_port``). Labels are bounded and
 come from configuration or closed vocabularies (channel, provider or endpoint name,
 severity, outcome, error class, reject reason), never from an event's content.
 Counters move once per batch where the code has batches (ingest writes); gauges of the
@@ -19,6 +20,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -192,11 +194,29 @@ def replay_started() -> None:
     REPLAYS_RUNNING.inc()
 
 
-def replay_finished(replayed: dict[str, int]) -> None:
-    """A replay ended; ``replayed`` counts the deliveries it put back, per channel."""
-    REPLAYS_RUNNING.dec()
-    for channel, count in replayed.items():
+def replayed(by_channel: dict[str, int]) -> None:
+    """A replay put these dead deliveries back to pending, per channel."""
+    for channel, count in by_channel.items():
         REPLAYED.labels(channel).inc(count)
+
+
+def replay_finished() -> None:
+    """A replay this process ran stopped running here: done, cancelled, taken over,
+    or the process is stopping."""
+    REPLAYS_RUNNING.dec()
+
+
+def serve(host: str, port: int) -> Callable[[], None]:
+    """Serve this process's metrics at ``http://host:port/metrics`` from a thread of
+    prometheus_client's own server (for a process without the API); returns its stop."""
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 def spans_dropped(count: int) -> None:

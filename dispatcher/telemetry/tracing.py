@@ -1,4 +1,5 @@
-"""OpenTelemetry spans of the dispatcher: publish, ingest, delivery attempts, provider tries.
+"""OpenTelemetry spans of the dispatcher: publish, ingest, delivery attempts (provider
+tries are events on the attempt's span).
 
 Off unless installed (``telemetry.setup``, from the OTEL_* variables): then every helper
 returns before touching OpenTelemetry, so tracing off costs an attribute read per call.
@@ -181,22 +182,28 @@ def delivery_attempt(
     event_id: str,
     attempt: int,
     severity: str,
+    replay_id: str | None = None,
 ) -> Iterator[Span | None]:
-    """An INTERNAL span for one attempt at one delivery, in the event's stored trace."""
+    """A CLIENT span for one attempt at one delivery, in the event's stored trace; the
+    adapter's request carries its context (a webhook receiver's ``traceparent``)."""
     tracer = _STATE.tracer
     if tracer is None:
         yield None
         return
+    attributes: dict[str, str | int] = {
+        "dispatcher.channel": channel,
+        "dispatcher.delivery_id": delivery_id,
+        "dispatcher.event_id": event_id,
+        "dispatcher.attempt": attempt,
+        "dispatcher.severity": severity,
+    }
+    if replay_id:
+        attributes["dispatcher.replay_id"] = replay_id
     with tracer.start_as_current_span(
         f"deliver {channel}",
         context=_context(traceparent) or Context(),
-        attributes={
-            "dispatcher.channel": channel,
-            "dispatcher.delivery_id": delivery_id,
-            "dispatcher.event_id": event_id,
-            "dispatcher.attempt": attempt,
-            "dispatcher.severity": severity,
-        },
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
     ) as span:
         yield span
 
@@ -209,48 +216,42 @@ def attempt_ended(
     error_class: str | None,
 ) -> None:
     """Record how the attempt ended: the delivery's new status, and why."""
-    if span is None:
+    if span is None or not span.is_recording():
         return
-    span.set_attribute("dispatcher.outcome", status)
+    attributes: dict[str, str] = {"dispatcher.outcome": status}
     if provider:
-        span.set_attribute("dispatcher.provider", provider)
+        attributes["dispatcher.provider"] = provider
     if error_class:
-        span.set_attribute("error.type", error_class)
-        if status == "dead":
-            span.set_status(Status(StatusCode.ERROR, error_class))
+        attributes["error.type"] = error_class
+    span.set_attributes(attributes)
+    if error_class and status == "dead":
+        span.set_status(Status(StatusCode.ERROR, error_class))
 
 
-@contextlib.contextmanager
-def provider_try(channel: str, provider: str, attempt: int) -> Iterator[Span | None]:
-    """A CLIENT span for one provider try; the adapter's request carries its context."""
-    tracer = _STATE.tracer
-    if tracer is None:
-        yield None
-        return
-    with tracer.start_as_current_span(
-        f"send {channel}",
-        kind=SpanKind.CLIENT,
-        attributes={
-            "dispatcher.channel": channel,
-            "dispatcher.provider": provider,
-            "dispatcher.attempt": attempt,
-        },
-    ) as span:
-        yield span
-
-
-def try_ended(
-    span: Span | None,
+def provider_tried(
     *,
+    provider: str,
     outcome: str,
     error_class: str | None,
     provider_code: str | None,
 ) -> None:
-    if span is None:
+    """Record one provider try as a ``send`` event on the current (attempt's) span.
+
+    A try is an event, not a span of its own: a span per try doubled the spans per
+    delivery, and its cost (docs/benchmarks.md), for nothing an operator reads that the
+    event does not carry (provider, outcome, error class, status code, time).
+    """
+    if _STATE.tracer is None:
         return
-    span.set_attribute("dispatcher.outcome", outcome)
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    attributes: dict[str, str] = {
+        "dispatcher.provider": provider,
+        "dispatcher.outcome": outcome,
+    }
     if provider_code:
-        span.set_attribute("dispatcher.provider_status_code", provider_code)
+        attributes["dispatcher.provider_status_code"] = provider_code
     if error_class:
-        span.set_attribute("error.type", error_class)
-        span.set_status(Status(StatusCode.ERROR, error_class))
+        attributes["error.type"] = error_class
+    span.add_event("send", attributes)

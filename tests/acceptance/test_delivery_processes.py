@@ -3,12 +3,14 @@
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from sqlalchemy import text
@@ -197,3 +199,54 @@ async def test_ingest_and_one_channel_run_as_separate_processes(
     ]
     assert any(line.startswith("webhook delivered 5") for line in lines), status.stdout
     assert any(line.startswith("email pending 5") for line in lines), status.stdout
+
+
+async def test_a_worker_serves_its_metrics_on_the_metrics_port(
+    make_settings: Callable[..., Any],
+    database: str,
+    engine: AsyncEngine,
+    names: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """`dispatcher worker` with `metrics_port` set serves /metrics: its attempts show."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    async with WebhookSink() as sink:
+        config = write_config(tmp_path / "config.yaml", sink)
+        env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
+        processes = [
+            Dispatcher(env, tmp_path / "ingest.log", ["serve", "--ingest-only"]),
+            Dispatcher(
+                {**env, "DISPATCHER_METRICS_PORT": str(port)},
+                tmp_path / "worker.log",
+                ["worker"],
+            ),
+        ]
+        try:
+            for process in processes:
+                await process.wait_ready()
+            events = [event_to(("webhook", "crisis-line")) for _ in range(3)]
+            await Stack(make_settings(database), engine, deliver=False).publish(*events)
+            assert await wait_delivered(engine, 3, timeout=30) == 3
+            async with httpx.AsyncClient() as client:
+
+                async def scraped() -> str | NotYet:
+                    page = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    head = 'dispatcher_deliveries_total{channel="webhook"'
+                    delivered = [
+                        line
+                        for line in page.splitlines()
+                        if line.startswith(head) and 'outcome="delivered"' in line
+                    ]
+                    return (
+                        page
+                        if [line.rsplit(" ", 1)[1] for line in delivered] == ["3.0"]
+                        else NotYet(delivered)
+                    )
+
+                page = await wait_for(scraped, "the worker's metrics to show 3")
+        finally:
+            for process in processes:
+                process.close()
+    assert "dispatcher_delivery_attempts_total" in page

@@ -1,14 +1,20 @@
 """Fixtures for delivery scenarios: a second relay, and a replica factory (the sinks
 themselves: tests/conftest.py)."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
+from dispatcher.telemetry import tracing
 from tests.delivery.harness import Stack, StackFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -37,3 +43,20 @@ def stack(
         return Stack(settings, engine, deliver=deliver)
 
     return make
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for the test, every span kept in memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield exporter
+    tracing.uninstall()
+    provider.shutdown()
+
+
+def trace_of(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return int(span.context.trace_id)

@@ -4,11 +4,8 @@ Spans go to an in-memory exporter; the far ends are the local SMTP, Twilio-compa
 webhook servers, and the webhook receiver records the ``traceparent`` it was sent.
 """
 
-from collections.abc import Iterator
-
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -17,7 +14,7 @@ from opentelemetry.trace import SpanKind
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.sinks.twilio import TwilioSink
 from dispatcher.sinks.webhook import WebhookSink
-from dispatcher.telemetry import tracing
+from tests.delivery.conftest import trace_of
 from tests.delivery.harness import (
     StackFactory,
     email_channel,
@@ -32,22 +29,6 @@ EMAIL = ("email", "crisis-team@example.org")
 PHONE = ("sms", "+15550100001")
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    yield exporter
-    tracing.uninstall()
-    provider.shutdown()
-
-
-def trace_of(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return int(span.context.trace_id)
-
-
 async def test_one_trace_from_publish_to_delivered_on_every_channel(
     stack: StackFactory,
     spans: InMemorySpanExporter,
@@ -55,7 +36,7 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     twilio_sink: TwilioSink,
     webhook_sink: WebhookSink,
 ) -> None:
-    """publish -> process -> deliver (-> send) share the producer's trace id for email,
+    """publish -> process -> deliver (with a send event per provider try) share the producer's trace id for email,
     SMS and webhook; a retried delivery's attempts join it too; the webhook receiver
     gets that trace id in ``traceparent``; no span carries an address or number."""
     webhook_sink.respond("/monitor", 503, times=1)
@@ -118,14 +99,30 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     )
     assert second.attributes["dispatcher.outcome"] == "delivered"
 
-    sends = [s for s in finished if s.kind is SpanKind.CLIENT]
-    assert all(trace_of(s) == trace_id for s in sends)
+    assert all(s.kind is SpanKind.CLIENT for s in attempts)
+    sends = [
+        (span, event)
+        for span in attempts
+        for event in span.events
+        if event.name == "send"
+    ]
+    assert len(sends) == len(attempts)  # one provider per channel here: one try each
     codes = sorted(
-        str(s.attributes.get("dispatcher.provider_status_code"))
-        for s in sends
-        if s.attributes and s.attributes["dispatcher.channel"] == "webhook"
+        str(event.attributes.get("dispatcher.provider_status_code"))
+        for span, event in sends
+        if event.attributes
+        and span.attributes
+        and span.attributes["dispatcher.channel"] == "webhook"
     )
     assert codes == ["200", "503"]
+    webhook_providers = {
+        str(event.attributes.get("dispatcher.provider"))
+        for span, event in sends
+        if event.attributes
+        and span.attributes
+        and span.attributes["dispatcher.channel"] == "webhook"
+    }
+    assert webhook_providers == {"monitor"}  # the endpoint's configured name
 
     received = webhook_sink.received_on("/monitor")
     assert len(received) == 2
