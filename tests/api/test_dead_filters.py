@@ -1,18 +1,32 @@
 """The dead-letter questions across pages: events with a dead delivery, dead deliveries."""
 
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.settings import Settings
 from tests.api import seed
-from tests.api.conftest import RECIPIENT_KEY, Api
+from tests.api.conftest import RECIPIENT_KEY, Api, start_api
 
 pytestmark = pytest.mark.postgres
 
 #: Per event of a batch: how many of its two deliveries end dead.
 DEAD_PER_EVENT = (0, 1, 2, 0, 0, 1, 0, 2, 1, 0, 0, 0)
+
+
+@pytest.fixture
+async def api(
+    api_settings: Callable[..., Settings], tokens: dict[str, str]
+) -> AsyncIterator[Api]:
+    """The API without its per-token rate limit: a walk by pages of 2 is many requests."""
+    limits = {"rate_per_second": 100_000, "burst": 100_000}
+    server, client = await start_api(api_settings(limits=limits), tokens)
+    yield client
+    await client.client.aclose()
+    await server.stop()
 
 
 async def _world(engine: AsyncEngine) -> set[uuid.UUID]:

@@ -8,7 +8,7 @@ rows, however deep the page.
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -50,6 +50,16 @@ def one_of(col: Any, values: Iterable[StrEnum]) -> ColumnElement[bool]:
     )
     out: ColumnElement[bool] = col.in_(listed)
     return out
+
+
+def any_of(*filters: tuple[Any, Sequence[StrEnum]]) -> list[ColumnElement[bool]]:
+    """``one_of`` for each ``(column, values)`` whose list of values is not empty."""
+    return [one_of(col, values) for col, values in filters if values]
+
+
+def equal(*filters: tuple[Any, object]) -> list[ColumnElement[bool]]:
+    """``column = value`` for each ``(column, value)`` whose value is given."""
+    return [col == value for col, value in filters if value is not None]
 
 
 def time_range(col: Any, low: datetime | None, high: datetime | None) -> list[Any]:
