@@ -200,6 +200,19 @@ class Delivery(Base):
             "dead_at",
             postgresql_where=text("status = 'dead'"),
         ),
+        # The audit API: "events with a dead delivery" probes this per event, and dead
+        # deliveries list newest first from it (migration 0006).
+        Index(
+            "ix_deliveries_dead_event_id",
+            "event_id",
+            postgresql_where=text("status = 'dead'"),
+        ),
+        Index(
+            "ix_deliveries_dead_created_at",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'dead'"),
+        ),
         # The audit API lists deliveries newest first, alone or by channel or recipient.
         Index("ix_deliveries_created_at", "created_at", "id"),
         Index("ix_deliveries_channel_created_at", "channel", "created_at"),
