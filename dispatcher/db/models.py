@@ -327,7 +327,7 @@ class Replay(Base):
     #: The API token's name or the OS user who created it.
     created_by: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
-    #: The filters it was planned with (``outbox/replays.py: DeadFilter``), for the record.
+    #: The filters it was planned with (``outbox/dead.py: DeadFilter``), for the record.
     filters: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(Text, server_default="planned")
     total: Mapped[int] = mapped_column(Integer, server_default="0")
