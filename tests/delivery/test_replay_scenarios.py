@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -53,15 +54,20 @@ async def dead_lettered(
 
 
 async def create(
-    engine: AsyncEngine, where: DeadFilter, *, rate: float = 0.0
+    engine: AsyncEngine,
+    where: DeadFilter,
+    *,
+    rate: float = 0.0,
+    as_of: datetime | None = None,
 ) -> tuple[uuid.UUID, int]:
+    """A replay of what ``where`` selects as of ``as_of`` (default now)."""
     conn, driver = await _driver(engine)
     try:
         async with driver.transaction():
             return await replays.create(
                 driver,
                 where,
-                as_of=await dead.now(driver),
+                as_of=as_of or await dead.now(driver),
                 by="tester",
                 reason="endpoint back",
                 rate=rate,
