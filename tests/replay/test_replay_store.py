@@ -206,3 +206,20 @@ async def test_discard_keeps_the_rows_and_audits_them(
             text("SELECT count(*) FROM audit_log WHERE kind = 'delivery.discarded'")
         )
         assert n.scalar_one() == 4  # one per delivery and the summary
+
+
+async def test_a_requeued_delivery_is_no_longer_marked_mirrored(
+    engine: AsyncEngine, conn: Any
+) -> None:
+    """Requeue clears ``mirrored_at``: the mark was for the death the replay undid, and a
+    delivery that dies again must be mirrored again."""
+    ids = await dead_letters(engine, 2)
+    async with engine.begin() as c:
+        await c.execute(text("UPDATE deliveries SET mirrored_at = now()"))
+    replay_id, _ = await make(conn, DeadFilter(delivery_ids=(ids[0],)))
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    await requeue.requeue(conn, replay_id, owner="a", limit=10)
+    async with engine.connect() as c:
+        rows = await c.execute(text("SELECT id, status, mirrored_at FROM deliveries"))
+        found = {r.id: (r.status, r.mirrored_at is None) for r in rows}
+    assert found == {ids[0]: ("pending", True), ids[1]: ("dead", False)}
