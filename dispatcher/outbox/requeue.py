@@ -16,7 +16,8 @@ from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
 #: Requeue (or skip, with the reason) up to ``limit`` waiting items, most urgent first;
 #: items of held channels and endpoints stay waiting. Requeued deliveries get a fresh
-#: attempt budget and the replay's id; their history stays.
+#: attempt budget and the replay's id; their history stays. ``mirrored_at`` is cleared:
+#: it marked a death the replay undid (reconcile removes that DLQ message).
 _REQUEUE = Statement.compile(
     f"""
     WITH r AS (
@@ -40,7 +41,8 @@ _REQUEUE = Statement.compile(
     ), requeued AS (
         UPDATE deliveries AS d
         SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_token = NULL,
-            lease_owner = NULL, replay_id = CAST(:id AS uuid), updated_at = now()
+            lease_owner = NULL, replay_id = CAST(:id AS uuid), mirrored_at = NULL,
+            updated_at = now()
         FROM picked AS p
         WHERE d.id = p.delivery_id AND p.skip IS NULL AND d.status = 'dead'
         RETURNING d.id, d.event_id, d.channel
