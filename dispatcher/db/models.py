@@ -374,6 +374,8 @@ class ReplayItem(Base):
     #: Why it was skipped.
     reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None]
+    #: Its place in the replay, most urgent first (priority, dead_at), set at the freeze.
+    ordinal: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -389,4 +391,11 @@ class ReplayItem(Base):
             postgresql_where=text("state = 'waiting'"),
         ),
         Index(None, "delivery_id"),
+        # The requeue step walks a replay's waiting items in order, reading only its batch.
+        Index(
+            "ix_replay_items_order",
+            "replay_id",
+            "ordinal",
+            postgresql_where=text("state = 'waiting'"),
+        ),
     )

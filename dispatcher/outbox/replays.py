@@ -32,13 +32,15 @@ _INSERT = Statement.compile(
     """
 )
 
-#: Freeze the set. A delivery already waiting in another replay is left out (the unique
-#: partial index), so overlapping replays requeue it once.
+#: Freeze the set, each item with its place (most urgent first: the requeue step's order).
+#: A delivery already waiting in another replay is left out (the unique partial index),
+#: so overlapping replays requeue it once.
 _FREEZE = Statement.compile(
     f"""
     WITH items AS (
-        INSERT INTO replay_items (replay_id, delivery_id)
-        SELECT CAST(:id AS uuid), d.id
+        INSERT INTO replay_items (replay_id, delivery_id, ordinal)
+        SELECT CAST(:id AS uuid), d.id,
+               row_number() OVER (ORDER BY d.priority, d.dead_at, d.id)
         FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
         WHERE {MATCH}
         ON CONFLICT (delivery_id) WHERE state = 'waiting' DO NOTHING

@@ -14,7 +14,8 @@ from dispatcher.db.sql import Executor, Statement
 from dispatcher.outbox.dead import skip_reason
 from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
-#: Requeue (or skip, with the reason) up to ``limit`` waiting items, most urgent first;
+#: Requeue (or skip, with the reason) up to ``limit`` waiting items, most urgent first (the
+#: order frozen with them: ``ix_replay_items_order`` reads only the batch);
 #: items of held channels and endpoints stay waiting. Requeued deliveries get a fresh
 #: attempt budget and the replay's id; their history stays. ``mirrored_at`` is cleared:
 #: it marked a death the replay undid (reconcile removes that DLQ message).
@@ -28,14 +29,17 @@ _REQUEUE = Statement.compile(
         SELECT i.delivery_id, d.channel, d.event_id,
                {skip_reason("r.max_age_seconds")}
                    AS skip
-        FROM r
-        JOIN replay_items AS i ON i.replay_id = r.id AND i.state = 'waiting'
+        -- The replay's id as a constant, not r.id: then the index yields ordinal order
+        -- and the scan stops after the batch (a join on r.id sorted the whole set).
+        FROM replay_items AS i
         JOIN deliveries AS d ON d.id = i.delivery_id
         JOIN events AS e ON e.id = d.event_id
-        WHERE NOT (d.channel = ANY(CAST(:held_channels AS text[])))
+        CROSS JOIN r
+        WHERE i.replay_id = CAST(:id AS uuid) AND i.state = 'waiting'
+          AND NOT (d.channel = ANY(CAST(:held_channels AS text[])))
           AND NOT (d.channel = 'webhook'
                    AND d.recipient = ANY(CAST(:held_endpoints AS text[])))
-        ORDER BY d.priority, d.dead_at
+        ORDER BY i.ordinal
         LIMIT :limit
         FOR UPDATE OF i, d SKIP LOCKED
     ), requeued AS (

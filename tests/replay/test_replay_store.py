@@ -223,3 +223,31 @@ async def test_a_requeued_delivery_is_no_longer_marked_mirrored(
         rows = await c.execute(text("SELECT id, status, mirrored_at FROM deliveries"))
         found = {r.id: (r.status, r.mirrored_at is None) for r in rows}
     assert found == {ids[0]: ("pending", True), ids[1]: ("dead", False)}
+
+
+async def test_requeue_takes_the_most_urgent_first(
+    engine: AsyncEngine, conn: Any
+) -> None:
+    """The order is frozen with the set: by priority, then the oldest death first."""
+    ids = await dead_letters(engine, 4)
+    urgency = {ids[0]: (3, 1), ids[1]: (1, 2), ids[2]: (1, 1), ids[3]: (2, 0)}
+    async with engine.begin() as c:
+        for delivery_id, (priority, minutes) in urgency.items():
+            await c.execute(
+                text(
+                    "UPDATE deliveries SET priority = :p,"
+                    " dead_at = now() - make_interval(mins => :m) WHERE id = :d"
+                ),
+                {"p": priority, "m": 10 - minutes, "d": delivery_id},
+            )
+    replay_id, _ = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    order = []
+    for _ in ids:
+        await requeue.requeue(conn, replay_id, owner="a", limit=1)
+        async with engine.connect() as c:
+            rows = await c.execute(
+                text("SELECT id FROM deliveries WHERE status = 'pending'")
+            )
+            order.extend({r.id for r in rows} - set(order))
+    assert order == [ids[2], ids[1], ids[3], ids[0]]
