@@ -36,12 +36,6 @@ log = structlog.get_logger("dispatcher.replay")
 
 #: Largest requeue statement: an unthrottled replay (rate 0) moves this many per tick.
 BATCH = 500
-#: A throttled replay moves at least this many per statement, at most ``MAX_PACE``
-#: seconds apart: each statement reads the replay's whole waiting set, so at 10 a second
-#: one statement per 0.1 s kept PostgreSQL 76 % busy with 100,000 waiting
-#: (docs/benchmarks.md, "Dead-letter replay"); a cancel is still seen within MAX_PACE.
-STEP = 5
-MAX_PACE = 0.5
 
 
 class ReplayRunner:
@@ -131,7 +125,6 @@ class ReplayRunner:
         conn = await self._link.driver()
         log.info("dispatcher.replay.running", replay_id=str(replay.id))
         rate = replay.rate
-        pace = min(MAX_PACE, max(self._tick, STEP / rate)) if rate > 0 else self._tick
         tokens, last = 0.0, time.monotonic()
         waiting: int | None = 1
         paused, next_settle = False, 0.0
@@ -162,7 +155,7 @@ class ReplayRunner:
                 waiting = await self._checkpoint(conn, replay.id, paused=paused)
                 if waiting is None:
                     return
-            await self._sleep(pace if waiting else self._settle_interval)
+            await self._sleep(self._tick if waiting else self._settle_interval)
 
     async def _checkpoint(
         self, conn: Any, replay_id: UUID, *, paused: bool
