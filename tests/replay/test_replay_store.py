@@ -242,7 +242,7 @@ async def test_requeue_takes_the_most_urgent_first(
             )
     replay_id, _ = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
     await replay_progress.claim(conn, owner="a", lease_seconds=30)
-    order = []
+    order: list[uuid.UUID] = []
     for _ in ids:
         await requeue.requeue(conn, replay_id, owner="a", limit=1)
         async with engine.connect() as c:
