@@ -340,7 +340,7 @@ class Replay(Base):
     #: The API token's name or the OS user who created it.
     created_by: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
-    #: The filters it was planned with (``outbox/replays.py: DeadFilter``), for the record.
+    #: The filters it was planned with (``outbox/dead.py: DeadFilter``), for the record.
     filters: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(Text, server_default="planned")
     total: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -387,6 +387,8 @@ class ReplayItem(Base):
     #: Why it was skipped.
     reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None]
+    #: Its place in the replay, most urgent first (priority, dead_at), set at the freeze.
+    ordinal: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -402,4 +404,11 @@ class ReplayItem(Base):
             postgresql_where=text("state = 'waiting'"),
         ),
         Index(None, "delivery_id"),
+        # The requeue step walks a replay's waiting items in order, reading only its batch.
+        Index(
+            "ix_replay_items_order",
+            "replay_id",
+            "ordinal",
+            postgresql_where=text("state = 'waiting'"),
+        ),
     )
