@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from dispatcher.cli.dead_filters import Channels, dead_filtered
+from dispatcher.cli.delivery_story import story_text
 from dispatcher.cli.replay_watch import RECONCILE_HINT, describe, watch
 from dispatcher.cli.root import app, run, settings
 from dispatcher.cli.safeguards import (
@@ -29,6 +30,7 @@ from dispatcher.cli.safeguards import (
 )
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.dead import DeadFilter, Plan
+from dispatcher.outbox.history import DeliveryHistory
 from dispatcher.outbox.replays import DEFAULT_RATE, ReplayRow
 
 dlq_app = typer.Typer(
@@ -82,6 +84,35 @@ def list_(
             return await dead.plan(conn, where, sample=0 if summary else limit)
 
     _print_plan(run(go()), as_json=as_json)
+
+
+@dlq_app.command("show")
+def show(
+    delivery_id: Annotated[uuid.UUID, typer.Argument(help="The dead letter.")],
+    show_recipient: Annotated[
+        bool,
+        typer.Option(
+            "--show-recipient",
+            help="Unmasked recipient, subject and provider messages (health data).",
+        ),
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """One dead letter: its event, every attempt (initial, retry, replay), its replays."""
+    from dispatcher.outbox.history import delivery_history  # noqa: PLC0415
+
+    async def go() -> DeliveryHistory | None:
+        async with database(_NAME) as conn:
+            return await delivery_history(conn, delivery_id, masked=not show_recipient)
+
+    story = run(go())
+    if story is None:
+        typer.echo(f"no delivery {delivery_id}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(asdict(story), default=str, indent=2))
+        return
+    typer.echo(story_text(story))
 
 
 @dlq_app.command("replay")
