@@ -1,25 +1,21 @@
 """The dead-letter filter options, declared once: ``list``, ``replay`` and ``discard`` of
 ``dispatcher dlq`` take the same ten, and get them as one ``DeadFilter``."""
 
-import functools
-import inspect
 import uuid
-from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from dispatcher.cli.filtered import Option, filtered
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.dead import DeadFilter
-
-R = TypeVar("R")
 
 Channels = Annotated[
     list[ChannelKind], typer.Option("--channel", help="Repeat for several.")
 ]
 
-_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+_OPTIONS: tuple[Option, ...] = (
     ("channel", Channels, []),
     (
         "type_",
@@ -76,32 +72,5 @@ def _dead_filter(values: dict[str, Any]) -> DeadFilter:
     )
 
 
-def dead_filtered(command: Callable[..., R]) -> Callable[..., R]:
-    """Give a command the filter options, in front of its own; it receives them as one
-    ``where: DeadFilter`` parameter (typer reads the signature this sets)."""
-    own = inspect.signature(command)
-    params = [
-        inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint
-        )
-        for name, hint, default in _OPTIONS
-    ]
-    rest = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in own.parameters.values()
-        if p.name != "where"
-    ]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> R:
-        values = {name: kwargs.pop(name) for name, _, _ in _OPTIONS}
-        return command(where=_dead_filter(values), **kwargs)
-
-    del wrapper.__wrapped__  # typer must see the new signature, not the command's
-    wrapper.__signature__ = own.replace(parameters=[*params, *rest])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {
-        **{name: hint for name, hint, _ in _OPTIONS},
-        **{p.name: p.annotation for p in rest},
-        "return": own.return_annotation,
-    }
-    return wrapper
+#: ``@dead_filtered``: the command takes ``where: DeadFilter`` and gets the options.
+dead_filtered = filtered(_OPTIONS, _dead_filter)

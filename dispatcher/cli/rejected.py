@@ -8,24 +8,15 @@ entries naming the OS user. Exit codes: 0 done, 1 some still rejected, 2 usage.
 
 import base64
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
+from dispatcher.cli import safeguards as safe
+from dispatcher.cli.filtered import Option, filtered
 from dispatcher.cli.root import app, run, settings
-from dispatcher.cli.safeguards import (
-    All,
-    AsJson,
-    DryRun,
-    Reason,
-    Yes,
-    confirm,
-    database,
-    guard,
-    who,
-)
 from dispatcher.events.rejection import RejectReason
 from dispatcher.ingest.reingest import ReplayPlan, ReplayResult
 from dispatcher.ingest.rejected import RejectedDetail, RejectedFilter, RejectedRow
@@ -38,32 +29,46 @@ app.add_typer(rejected_app, name="rejected")
 
 _NAME = "dispatcher-rejected"
 
-Codes = Annotated[
-    list[RejectReason],
-    typer.Option("--code", help="Why it was rejected (its reason code); repeatable."),
-]
-From = Annotated[datetime | None, typer.Option(help="Received at or after.")]
-Until = Annotated[datetime | None, typer.Option(help="Received at or before.")]
-Ids = Annotated[
-    list[int], typer.Option("--id", help="Rejected message id; repeatable.")
-]
+_OPTIONS: tuple[Option, ...] = (
+    (
+        "code",
+        Annotated[
+            list[RejectReason],
+            typer.Option(
+                help="Reason code, e.g. unknown_endpoint; repeatable.",
+                show_choices=False,
+            ),
+        ],
+        [],
+    ),
+    (
+        "received_from",
+        Annotated[datetime | None, typer.Option(help="Received at or after.")],
+        None,
+    ),
+    (
+        "received_until",
+        Annotated[datetime | None, typer.Option(help="Received at or before.")],
+        None,
+    ),
+    (
+        "id_",
+        Annotated[list[int], typer.Option("--id", help="Message id; repeatable.")],
+        [],
+    ),
+)
 
 
-def _filter(
-    codes: list[RejectReason],
-    received_from: datetime | None,
-    received_until: datetime | None,
-    ids: list[int],
-    *,
-    include_replayed: bool = False,
-) -> RejectedFilter:
+def _filter(values: dict[str, Any]) -> RejectedFilter:
     return RejectedFilter(
-        reasons=tuple(c.value for c in codes),
-        received_from=received_from,
-        received_until=received_until,
-        ids=tuple(ids),
-        include_replayed=include_replayed,
+        reasons=tuple(c.value for c in values["code"]),
+        received_from=values["received_from"],
+        received_until=values["received_until"],
+        ids=tuple(values["id_"]),
     )
+
+
+rejected_filtered = filtered(_OPTIONS, _filter)
 
 
 def _line(r: RejectedRow) -> str:
@@ -75,11 +80,10 @@ def _line(r: RejectedRow) -> str:
 
 
 @rejected_app.command("list")
-def list_(  # noqa: PLR0917 - typer: one parameter per option
-    code: Codes = [],  # noqa: B006 - typer reads the default, never mutates it
-    received_from: From = None,
-    received_until: Until = None,
-    id_: Ids = [],  # noqa: B006
+@rejected_filtered
+def list_(
+    *,
+    where: RejectedFilter,
     replayed: Annotated[
         bool, typer.Option("--replayed", help="Also those already replayed.")
     ] = False,
@@ -87,15 +91,15 @@ def list_(  # noqa: PLR0917 - typer: one parameter per option
     summary: Annotated[
         bool, typer.Option("--summary", help="Counts by reason only.")
     ] = False,
-    as_json: AsJson = False,
+    as_json: safe.AsJson = False,
 ) -> None:
     """Rejected messages, oldest first, without their bodies; counts by reason."""
     from dispatcher.ingest import rejected  # noqa: PLC0415
 
-    where = _filter(code, received_from, received_until, id_, include_replayed=replayed)
+    where = replace(where, include_replayed=replayed)
 
     async def go() -> tuple[dict[str, int], list[RejectedRow]]:
-        async with database(_NAME) as conn:
+        async with safe.database(_NAME) as conn:
             counts = await rejected.counts(conn, where)
             rows = [] if summary else await rejected.page(conn, where, limit)
             return counts, rows
@@ -123,13 +127,13 @@ def show(
             "--show-body", help="Also the raw body and headers (health data)."
         ),
     ] = False,
-    as_json: AsJson = False,
+    as_json: safe.AsJson = False,
 ) -> None:
     """One rejected message: reason, time, size, history; the body only if asked."""
     from dispatcher.ingest import rejected  # noqa: PLC0415
 
     async def go() -> RejectedDetail | None:
-        async with database(_NAME) as conn:
+        async with safe.database(_NAME) as conn:
             return await rejected.one(conn, rejected_id)
 
     found = run(go())
@@ -188,24 +192,22 @@ def _print_plan(plan: ReplayPlan, *, as_json: bool) -> None:
 
 
 @rejected_app.command("replay")
-def replay(  # noqa: PLR0917 - typer: one parameter per option
-    code: Codes = [],  # noqa: B006 - typer reads the default, never mutates it
-    received_from: From = None,
-    received_until: Until = None,
-    id_: Ids = [],  # noqa: B006
-    reason: Reason = None,
-    all_: All = False,
-    yes: Yes = False,
-    dry_run: DryRun = False,
-    as_json: AsJson = False,
+@rejected_filtered
+def replay(
+    *,
+    where: RejectedFilter,
+    reason: safe.Reason = None,
+    all_: safe.All = False,
+    yes: safe.Yes = False,
+    dry_run: safe.DryRun = False,
+    as_json: safe.AsJson = False,
 ) -> None:
     """Read rejected messages again through ingest (after the cause is fixed): valid
     ones are stored once by event_id, the others stay rejected with their new reason."""
     from dispatcher.app import build_reader, recipient_key  # noqa: PLC0415
     from dispatcher.ingest import reingest  # noqa: PLC0415
 
-    where = _filter(code, received_from, received_until, id_)
-    guard(
+    safe.guard(
         unfiltered=where.is_empty(), all_=all_, reason=reason, dry_run=dry_run,
         every="every rejected message",
     )  # fmt: skip
@@ -213,22 +215,22 @@ def replay(  # noqa: PLR0917 - typer: one parameter per option
     reader = build_reader(cfg)
 
     async def planned() -> ReplayPlan:
-        async with database(_NAME) as conn:
+        async with safe.database(_NAME) as conn:
             return await reingest.plan(conn, reader, where)
 
     plan = run(planned())
     _print_plan(plan, as_json=as_json)
     if dry_run or not plan.count:
         return
-    confirm(f"replay {plan.count} rejected message(s)?", yes=yes)
+    safe.confirm(f"replay {plan.count} rejected message(s)?", yes=yes)
 
     async def go() -> ReplayResult:
-        async with database(_NAME) as conn:
+        async with safe.database(_NAME) as conn:
             return await reingest.replay(
                 conn,
                 reader,
                 plan.ids,
-                by=who(),
+                by=safe.who(),
                 reason=str(reason),
                 where=where,
                 max_body_bytes=cfg.ingest.max_body_bytes,

@@ -7,7 +7,7 @@ empty array or NULL, so the statement is the same whichever filters are set.
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -75,14 +75,13 @@ class RejectedFilter:
 
     def to_json(self) -> dict[str, Any]:
         """The filters that are set, JSON-ready (for the audit log)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                out[f.name] = value.isoformat()
-            elif value:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        doc = {
+            "reasons": list(self.reasons),
+            "received_from": self.received_from and self.received_from.isoformat(),
+            "received_until": self.received_until and self.received_until.isoformat(),
+            "ids": list(self.ids),
+        }
+        return {name: value for name, value in doc.items() if value}
 
 
 @dataclass(frozen=True, slots=True)

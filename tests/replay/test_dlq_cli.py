@@ -2,30 +2,21 @@
 
 import getpass
 import json
-import os
 import subprocess
-import sys
 import uuid
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.replay.cli import dispatcher
 from tests.replay.test_replay_store import dead_letters, statuses
 
 pytestmark = pytest.mark.postgres
 
 
 def dlq(database: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", "dlq", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DISPATCHER_DATABASE_URL": database},
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return dispatcher("dlq", *args, env={"DISPATCHER_DATABASE_URL": database})
 
 
 async def test_replay_refuses_without_filters_or_reason(

@@ -3,9 +3,7 @@ rejected messages stored in a real PostgreSQL."""
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -13,20 +11,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.testing import event_bytes
+from tests.replay.cli import dispatcher
 
 pytestmark = pytest.mark.postgres
 
 
 def rejected_cli(database: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", "rejected", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DISPATCHER_DATABASE_URL": database},
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return dispatcher("rejected", *args, env={"DISPATCHER_DATABASE_URL": database})
 
 
 async def store_rejected(engine: AsyncEngine, body: bytes, reason: str) -> int:

@@ -5,9 +5,7 @@ local sink, each once."""
 
 import getpass
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.settings import Settings
 from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import Stack, event_to, webhook_channel
+from tests.replay.cli import dispatcher
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -31,23 +30,8 @@ SMALL_LIMIT = 1024
 
 
 def rejected_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "--config",
-            str(config),
-            "rejected",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    """The CLI with the fixed configuration file and nothing from DISPATCHER_*."""
+    return dispatcher("--config", str(config), "rejected", *args, own_settings=True)
 
 
 def config_file(tmp_path: Path, settings: Settings, overrides: dict[str, Any]) -> Path:
