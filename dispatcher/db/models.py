@@ -294,8 +294,26 @@ class RejectedMessage(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     routing_key: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(Text)
+    #: When ``dispatcher rejected replay`` read it again and ingest accepted it.
+    replayed_at: Mapped[datetime | None]
+    #: The event it became (or that was already stored under its event_id).
+    replayed_event_id: Mapped[UUID | None]
+    #: The reasons it had before a replay failed it again with another:
+    #: ``[{"reason", "message", "until", "replay_reason"}]``, oldest first.
+    earlier_reasons: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
 
-    __table_args__ = (Index(None, "reason", "received_at"), Index(None, "received_at"))
+    __table_args__ = (
+        Index(None, "reason", "received_at"),
+        Index(None, "received_at"),
+        # What is still rejected: listed and replayed (``ingest/rejected.py``).
+        Index(
+            "ix_rejected_messages_open",
+            "received_at",
+            postgresql_where=text("replayed_at IS NULL"),
+        ),
+    )
 
 
 class ReplayStatus(StrEnum):
