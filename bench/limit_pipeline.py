@@ -29,7 +29,7 @@ from dispatcher.events.parse import ParsedEvent, parse_event
 
 PREFETCH = 512
 BATCH = 256
-IN_FLIGHT = 1024
+IN_FLIGHT = 512
 
 INSERT_EVENTS = """
 INSERT INTO events (id, schema_version, type, severity, occurred_at, subject_id, payload,
@@ -139,7 +139,9 @@ class Limit:
         sends = []
         for delivery_id, channel, to in deliveries:
             if channel == "email":
-                sends.append(self.send.email(event_id, to, text))
+                sends.append(
+                    self.send.mime_email(delivery_id, event.event_id, to, text)
+                )
             elif channel == "sms":
                 sends.append(self.send.sms(to, text))
             else:

@@ -1,6 +1,7 @@
 """Direct sends to the bench's local sinks, shared by the hand-written baselines.
 
-Email over a pool of reused aiosmtplib connections, SMS with the twilio client (base URL
+Email over a pool of reused aiosmtplib connections (built by the stdlib's
+``EmailMessage`` for the naive baseline, as the dispatcher builds it for the limit), SMS with the twilio client (base URL
 at the local sink), webhook with a pooled aiohttp session, signed as the dispatcher signs
 (Standard Webhooks, ``dispatcher.channels.signing``). No retries, no breakers: the point
 is what the dispatcher's guarantees cost (bench/naive_delivery.py, bench/limit_pipeline.py).
@@ -15,14 +16,17 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from email.message import EmailMessage
+from uuid import UUID
 
 import aiohttp
 import aiosmtplib
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from dispatcher.channels.mime import plain_text_email
 from dispatcher.channels.signing import decode_secret, signature_headers
 
+SENDER = "dispatcher@example.org"
 SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 SMS_SID = "AC" + "0" * 32
 SMS_TOKEN = "bench-token-not-secret"
@@ -65,13 +69,29 @@ class Senders:
 
     async def email(self, event_id: str, to: str, text: str) -> None:
         email = EmailMessage()
-        email["From"] = "dispatcher@example.org"
+        email["From"] = SENDER
         email["To"] = to
         email["Subject"] = "crisis"
         email["X-Dispatcher-Event-Id"] = event_id
         email.set_content(text)
         async with self._smtp.client() as client:
             await client.send_message(email)
+
+    async def mime_email(
+        self, delivery_id: UUID, event_id: UUID, to: str, text: str
+    ) -> None:
+        """The email as the dispatcher writes it (``channels.mime``, not the stdlib's
+        ``EmailMessage``, which costs about 1.6 ms a message)."""
+        data = plain_text_email(
+            sender=SENDER,
+            recipient=to,
+            subject="crisis",
+            body=text,
+            delivery_id=delivery_id,
+            event_id=event_id,
+        )
+        async with self._smtp.client() as client:
+            await client.sendmail(SENDER, [to], data)
 
     async def sms(self, to: str, text: str) -> None:
         await self._twilio.messages.create_async(to=to, from_="+15550009999", body=text)
