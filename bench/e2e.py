@@ -50,8 +50,9 @@ With ``--variant`` (repeatable) every dispatcher scenario runs once per variant,
 ``off`` (tracing off, the default), ``on`` (tracing on, every span exported over OTLP/HTTP
 protobuf to a stand-in collector, bench/otlp_sink.py, started by the bench), ``on@0.1``
 (the same, head-sampling that fraction of traces), or
-``NAME=PATH`` (tracing off, the dispatcher code of another checkout, e.g. a
-``git worktree add`` of an older commit, put first on the replica's ``PYTHONPATH``).
+``NAME=PATH`` (the dispatcher code of another checkout, e.g. a ``git worktree add``
+of an older commit, put first on the replica's ``PYTHONPATH``; tracing off unless NAME
+is ``on+LABEL`` or ``on@RATIO+LABEL``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
@@ -165,14 +166,14 @@ class Variant:
 
     def __init__(self, spec: str) -> None:
         name, _, path = spec.partition("=")
-        mode, _, ratio = name.partition("@")
+        mode, _, ratio = name.partition("+")[0].partition("@")
         if not path and mode not in {"off", "on"}:
             raise argparse.ArgumentTypeError(
                 f"--variant {spec!r}: off, on, on@RATIO or NAME=PATH"
             )
         self.name = name
         self.root = Path(path).resolve() if path else ROOT
-        self.tracing = mode == "on" and not path
+        self.tracing = mode == "on"
         self.ratio = ratio
 
     def env(self, otlp_port: int) -> dict[str, str]:
@@ -453,6 +454,7 @@ async def run_scenario(
         result["drain"]["cpu_s_per_10k_events"] = cpu * 10_000 / n
         result["drain"]["cpu_ms_per_event"] = cpu * 1000 / n
         result["drain"]["pg_cpu_ms_per_event"] = pg_cpu * 1000 / n
+        result["pg_cpu_s_by_backend"] = pg.by_type()
         result["drain"]["sink_cpu_s_per_10k_events"] = sink_cpu * 10_000 / n
         result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
         if down is None and latency_seconds > 0:

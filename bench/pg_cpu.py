@@ -17,22 +17,25 @@ from ingest import dsn
 
 
 class PgCpu:
-    """``start()``, then ``await stop()`` gives the backends' CPU seconds in between."""
+    """``start()``, then ``await stop()`` gives the backends' CPU seconds in between
+    (``by_type()`` splits them: autovacuum workers run when they run, and add noise)."""
 
     def __init__(self, database: str, interval: float = 0.2) -> None:
         self._database = database
         self._interval = interval
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self._type: dict[int, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self, conn: asyncpg.Connection, initial: bool) -> None:
         pids = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity"
+            "SELECT pid, backend_type FROM pg_stat_activity"
             " WHERE datname = $1 AND pid <> pg_backend_pid()",
             self._database,
         )
-        for (pid,) in pids:
+        for pid, backend_type in pids:
+            self._type[pid] = backend_type
             with contextlib.suppress(psutil.Error):
                 t = psutil.Process(pid).cpu_times()
                 cpu = float(t.user + t.system)
@@ -60,4 +63,12 @@ class PgCpu:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        return sum(self._last[pid] - self._first[pid] for pid in self._last)
+        return sum(self.by_type().values())
+
+    def by_type(self) -> dict[str, float]:
+        """CPU seconds per backend type (client backend, autovacuum worker, ...)."""
+        out: dict[str, float] = {}
+        for pid, last in self._last.items():
+            kind = self._type[pid]
+            out[kind] = out.get(kind, 0.0) + last - self._first[pid]
+        return out
