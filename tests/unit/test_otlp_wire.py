@@ -12,7 +12,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -124,7 +128,7 @@ def test_the_exporter_posts_the_wire_encoding(
     protobuf, and fails once shut down."""
     url, received = collector
     spans = finished_spans()
-    exporter = WireSpanExporter(endpoint=url, timeout=5)
+    exporter: SpanExporter = WireSpanExporter(endpoint=url, timeout=5)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     [(content_type, body)] = received
     assert content_type == "application/x-protobuf"
