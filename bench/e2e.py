@@ -2,7 +2,8 @@
 
     source scripts/services.sh
     .venv/bin/python bench/e2e.py [--events 10000] [--latency-seconds 15] [--repeat 1]
-                                  [--only dispatcher|naive] [--replicas 1|2] [--profile]
+                                  [--only dispatcher|limit|naive ...] [--replicas 1|2]
+                                  [--profile]
                                   [--api-load RATE]
 
 Every event has three recipients (email, SMS, webhook); every webhook goes to ONE endpoint,
@@ -17,7 +18,10 @@ fresh exchange and queue names:
   put the webhook's beside the others'.
 - **CPU**: user+system seconds of the replica processes (psutil) from their start until
   the last receipt, minus the CPU an idle replica spends starting up (measured on the
-  same database right before, with an empty queue), per 10,000 events.
+  same database right before, with an empty queue), per 10,000 events. PostgreSQL CPU:
+  the same for the backends serving the run's database (bench/pg_cpu.py), not
+  subtracting their connection start-up; ``rows_delivered`` is what the database records
+  as delivered once the sinks have everything.
 - **RSS**: peak resident set (``VmHWM``) of each replica; the largest is reported.
 - **latency**: with the replica(s) still running, events published one by one at a fixed
   ``--latency-rate`` (200 events/s) for ``--latency-seconds``; latency = last of the event's three receipts
@@ -33,8 +37,11 @@ Twilio account with ``base_url`` at the sink), and the webhook endpoint with
 ``allow_http`` and ``allow_private_networks: [127.0.0.0/8]`` (the sink is plain HTTP on
 loopback, which the destination policy refuses by default). Events are ``critical``.
 
-Scenarios: dispatcher at 1 and 2 replicas, naive baseline (bench/naive_delivery.py) at 1
-and 2 replicas, dispatcher at 1 replica with the SMS sink down. With ``--repeat N`` the
+Scenarios: dispatcher at 1 and 2 replicas, the limit pipeline (bench/limit_pipeline.py:
+the dispatcher's essential work hand-written, issue 15) at 1 replica, naive baseline
+(bench/naive_delivery.py, no database) at 1 and 2 replicas, dispatcher at 1 replica with
+the SMS sink down; ``--only`` (repeatable) picks pipelines. With dispatcher and limit in one
+run, ``dispatcher_vs_limit`` gives issue 15's figures as ratios of the medians. With ``--repeat N`` the
 scenarios run N times interleaved and the report gives every run and the medians.
 ``--api-load RATE`` also queries each dispatcher replica's audit API at RATE requests/s
 (bench/api_load.py) from the moment it is ready until the end of its latency phase; the
@@ -43,8 +50,9 @@ With ``--variant`` (repeatable) every dispatcher scenario runs once per variant,
 ``off`` (tracing off, the default), ``on`` (tracing on, every span exported over OTLP/HTTP
 protobuf to a stand-in collector, bench/otlp_sink.py, started by the bench), ``on@0.1``
 (the same, head-sampling that fraction of traces), or
-``NAME=PATH`` (tracing off, the dispatcher code of another checkout, e.g. a
-``git worktree add`` of an older commit, put first on the replica's ``PYTHONPATH``).
+``NAME=PATH`` (the dispatcher code of another checkout, e.g. a ``git worktree add``
+of an older commit, put first on the replica's ``PYTHONPATH``; tracing off unless NAME
+is ``on+LABEL`` or ``on@RATIO+LABEL``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
@@ -52,7 +60,6 @@ the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.f
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -72,6 +79,7 @@ import asyncpg
 import yaml
 from api_load import ApiLoad
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
+from pg_cpu import PgCpu
 from proc import Proc, ProcGroup
 
 from dispatcher.events.kinds import ChannelKind
@@ -158,14 +166,14 @@ class Variant:
 
     def __init__(self, spec: str) -> None:
         name, _, path = spec.partition("=")
-        mode, _, ratio = name.partition("@")
+        mode, _, ratio = name.partition("+")[0].partition("@")
         if not path and mode not in {"off", "on"}:
             raise argparse.ArgumentTypeError(
                 f"--variant {spec!r}: off, on, on@RATIO or NAME=PATH"
             )
         self.name = name
         self.root = Path(path).resolve() if path else ROOT
-        self.tracing = mode == "on" and not path
+        self.tracing = mode == "on"
         self.ratio = ratio
 
     def env(self, otlp_port: int) -> dict[str, str]:
@@ -199,8 +207,9 @@ def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
     if kind == "dispatcher":
         cmd = [sys.executable, "-m", "dispatcher", "serve"]
         return Proc(cmd, env, log, "dispatcher.serving")
-    cmd = [sys.executable, str(ROOT / "bench" / "naive_delivery.py")]
-    return Proc(cmd, env, log, "naive.serving")
+    script = {"naive": "naive_delivery.py", "limit": "limit_pipeline.py"}[kind]
+    cmd = [sys.executable, str(ROOT / "bench" / script)]
+    return Proc(cmd, env, log, f"{kind}.serving")
 
 
 class SinkControl:
@@ -250,6 +259,20 @@ async def outbox_snapshot(db: str) -> list[dict[str, Any]]:
     finally:
         await conn.close()
     return [{k: str(v) for k, v in dict(r).items()} for r in rows]
+
+
+async def delivered_rows(db: str) -> int:
+    """Deliveries the run's database records as delivered right after the drain (0 for
+    the naive baseline, which stores nothing)."""
+    conn = await asyncpg.connect(dsn(db))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
+            )
+        )
+    finally:
+        await conn.close()
 
 
 def receipts(dump: dict[str, list[list[Any]]]) -> dict[str, dict[str, float]]:
@@ -359,6 +382,7 @@ async def run_scenario(
         "BENCH_SMS_URL": f"http://127.0.0.1:{ports['sms']}",
         "BENCH_WEBHOOK_URL": f"http://127.0.0.1:{ports['webhook']}/safety-monitor",
         "BENCH_PREFETCH": "64",
+        "BENCH_PG_DSN": dsn(db),
     }
     name = f"{kind}-x{replicas}" + (f"-{down}-down" if down else "")
     name += load.suffix
@@ -371,7 +395,7 @@ async def run_scenario(
         # idle replica of this kind spends on starting up.
         first = replica("dispatcher", env, tmp / f"{name}-declare.log")
         first.wait_ready()
-        if kind == "naive":
+        if kind != "dispatcher":
             first.stop()
             first = replica(kind, env, tmp / f"{name}-idle.log")
             first.wait_ready()
@@ -387,6 +411,8 @@ async def run_scenario(
         if down:
             await sinks.post(f"/{down}/down")
         sink_cpu0 = sink_proc.cpu()
+        pg = PgCpu(db)
+        await pg.start()
         procs = [replica(kind, env, tmp / f"{name}-{i}.log") for i in range(replicas)]
         spy = None
         if profile is not None:
@@ -416,6 +442,7 @@ async def run_scenario(
             print(name, "stalled; outbox:", json.dumps(await outbox_snapshot(db)))
             raise
         cpu = sum(p.cpu() for p in procs) - replicas * startup_cpu
+        pg_cpu = await pg.stop()
         sink_cpu = sink_proc.cpu() - sink_cpu0
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -423,8 +450,11 @@ async def run_scenario(
             result["profiled"] = True
         dump = await sinks.get("/dump")
         result["drain"] = drain_figures(dump, ids)
+        result["drain"]["rows_delivered"] = await delivered_rows(db)
         result["drain"]["cpu_s_per_10k_events"] = cpu * 10_000 / n
         result["drain"]["cpu_ms_per_event"] = cpu * 1000 / n
+        result["drain"]["pg_cpu_ms_per_event"] = pg_cpu * 1000 / n
+        result["pg_cpu_s_by_backend"] = pg.by_type()
         result["drain"]["sink_cpu_s_per_10k_events"] = sink_cpu * 10_000 / n
         result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
         if down is None and latency_seconds > 0:
@@ -512,11 +542,14 @@ def scenario_list(
 ) -> list[tuple[str, int, str | None, Variant | None]]:
     """(kind, replicas, sink down, variant) for every scenario the arguments select."""
     scenarios: list[tuple[str, int, str | None]] = []
-    if args.only in {None, "dispatcher"}:
+    only = set(args.only or ["dispatcher", "naive", "limit"])
+    if "dispatcher" in only:
         scenarios += [("dispatcher", 1, None), ("dispatcher", 2, None)]
-    if args.only in {None, "naive"}:
+    if "limit" in only:
+        scenarios.append(("limit", 1, None))
+    if "naive" in only:
         scenarios += [("naive", 1, None), ("naive", 2, None)]
-    if args.only in {None, "dispatcher"}:
+    if "dispatcher" in only:
         scenarios.append(("dispatcher", 1, "sms"))
     if args.replicas is not None:
         scenarios = [s for s in scenarios if s[1] == args.replicas and s[2] is None]
@@ -623,7 +656,38 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     naive = report["median"].get("naive-x1", {}).get("drain", {})
     if normal and naive:
         report["ratio_to_naive_x1"] = normal["events_per_s"] / naive["events_per_s"]
+    limit = report["median"].get("limit-x1", {})
+    if normal and limit:
+        report["dispatcher_vs_limit"] = limit_ratios(
+            report["median"]["dispatcher-x1"], limit
+        )
     return report
+
+
+def limit_ratios(dispatcher: dict[str, Any], limit: dict[str, Any]) -> dict[str, float]:
+    """Issue 15's figures as dispatcher / limit (1 replica, medians of the run)."""
+    out: dict[str, float] = {}
+    for section, key in (
+        ("drain", "events_per_s"),
+        ("drain", "cpu_ms_per_event"),
+        ("drain", "pg_cpu_ms_per_event"),
+        ("drain", "peak_rss_mb"),
+        ("latency", "p50_ms"),
+        ("latency", "p99_ms"),
+    ):
+        mine, floor = (
+            dispatcher.get(section, {}).get(key),
+            limit.get(section, {}).get(key),
+        )
+        if mine is not None and floor:
+            out[key] = mine / floor
+    p50 = (
+        dispatcher.get("latency", {}).get("p50_ms"),
+        limit.get("latency", {}).get("p50_ms"),
+    )
+    if None not in p50:
+        out["p50_ms_difference"] = p50[0] - p50[1]
+    return out
 
 
 def main() -> None:
@@ -634,7 +698,12 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--latency-rate", type=float, default=200.0)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--only", choices=["dispatcher", "naive"])
+    parser.add_argument(
+        "--only",
+        choices=["dispatcher", "limit", "naive"],
+        action="append",
+        help="only these pipelines (repeatable); default all three",
+    )
     parser.add_argument(
         "--replicas",
         type=int,
@@ -673,9 +742,13 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["median"], indent=1))
-    with contextlib.suppress(KeyError):
-        print("sms down ratio", report["sms_down_ratio"])
-        print("ratio to naive", report["ratio_to_naive_x1"])
+    for label, key in (
+        ("sms down ratio", "sms_down_ratio"),
+        ("dispatcher / limit", "dispatcher_vs_limit"),
+        ("ratio to naive", "ratio_to_naive_x1"),
+    ):
+        if key in report:
+            print(label, report[key])
     print(f"written to {out}")
 
 

@@ -8,17 +8,21 @@ payload field (docs/observability.md lists every attribute).
 """
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "dispatcher"
+#: The empty context: a span started in it is a root.
+_ROOT = Context()
 
 
 class _State:
@@ -56,6 +60,13 @@ def enabled() -> bool:
 def _context(traceparent: str | None, tracestate: str | None = None) -> Context | None:
     if not traceparent:
         return None
+    return _extracted(traceparent, tracestate)
+
+
+@functools.lru_cache(maxsize=4096)
+def _extracted(traceparent: str, tracestate: str | None) -> Context | None:
+    """The parsed context of a stored ``traceparent``: an event's deliveries share one,
+    and a ``Context`` is immutable, so each is parsed once while it is recent."""
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
@@ -141,15 +152,11 @@ def ingest_batch(
         yield None
         return
     messages = batch()
-    links = []
-    parent: Context | None = None
-    for message in messages:
-        ctx = _context(message.traceparent, message.tracestate)
-        if ctx is not None:
-            parent = ctx
-            span_context = trace.get_current_span(ctx).get_span_context()
-            attrs = {"messaging.message.id": message.message_id or ""}
-            links.append(Link(span_context, attrs))
+    contexts = [
+        (ctx, message.message_id)
+        for message in messages
+        if (ctx := _context(message.traceparent, message.tracestate)) is not None
+    ]
     attributes: dict[str, str | int] = {
         "messaging.system": "rabbitmq",
         "messaging.operation.name": "process",
@@ -157,19 +164,29 @@ def ingest_batch(
         "messaging.destination.name": queue,
         "messaging.batch.message_count": len(messages),
     }
+    parent: Context | None = Context()
     if len(messages) == 1:
         only = messages[0]
+        parent = contexts[0][0] if contexts else None
         if only.message_id:
             attributes["messaging.message.id"] = only.message_id
         if only.routing_key:
             attributes["messaging.rabbitmq.destination.routing_key"] = only.routing_key
     with tracer.start_as_current_span(
         f"process {queue}",
-        context=parent if len(messages) == 1 else Context(),
+        context=parent,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
-        links=links,
     ) as span:
+        # Links after the start, and only on a sampled span: a sampler that drops the
+        # batch (head sampling) then costs no link per message. The ratio and
+        # parent-based samplers do not read links.
+        if span.is_recording():
+            for ctx, message_id in contexts:
+                span.add_link(
+                    trace.get_current_span(ctx).get_span_context(),
+                    {"messaging.message.id": message_id or ""},
+                )
         yield span
 
 
@@ -199,13 +216,25 @@ def delivery_attempt(
     }
     if replay_id:
         attributes["dispatcher.replay_id"] = replay_id
-    with tracer.start_as_current_span(
+    span = tracer.start_span(
         f"deliver {channel}",
-        context=_context(traceparent) or Context(),
+        context=_context(traceparent) or _ROOT,
         kind=SpanKind.CLIENT,
         attributes=attributes,
-    ) as span:
+    )
+    # What ``start_as_current_span`` does, without its two generator layers (a few µs a
+    # span, sampled or not), and an escaping error is its type only: an exception's
+    # text may hold what a span must not (``record_exception`` would copy it).
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
         yield span
+    except Exception as exc:
+        if span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
 
 
 def attempt_ended(
