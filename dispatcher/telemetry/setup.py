@@ -98,14 +98,14 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
         raise ConfigError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported, use http/protobuf"
         )
-    from dispatcher.telemetry.otlp_wire import (  # noqa: PLC0415 - only when tracing is on
-        WireSpanExporter,
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415 - only when tracing is on
+        OTLPSpanExporter,
     )
 
     timeout = environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or environ.get(
         "OTEL_EXPORTER_OTLP_TIMEOUT"
     )
-    return WireSpanExporter(timeout=None if timeout else DEFAULT_EXPORT_TIMEOUT)
+    return OTLPSpanExporter(timeout=None if timeout else DEFAULT_EXPORT_TIMEOUT)
 
 
 def configure_tracing(environ: Mapping[str, str]) -> bool:

@@ -33,8 +33,6 @@ RELIED_ON = {
     "sqlalchemy": "dispatcher/db/engine.py (KeptConnection: the raw connection)",
     "twilio": "dispatcher/channels/sms.py (the HTTP client subclass)",
     "standardwebhooks": "dispatcher/channels/signing.py (signatures)",
-    "opentelemetry-exporter-otlp-proto-http": "dispatcher/telemetry/otlp_wire.py"
-    " (WireSpanExporter.export)",
 }
 
 
@@ -263,32 +261,6 @@ def test_twilio_http_client_hooks() -> None:
     check(
         {"http_client", "environment"} <= set(parameters(Client.__init__)),
         "Client(http_client=, environment=)",
-    )
-
-
-def test_otlp_http_exporter_pieces_the_wire_exporter_uses() -> None:
-    """``WireSpanExporter.export`` replaces the SDK exporter's encoding and still posts
-    through its HTTP client (``_client.export(bytes)`` with a ``.success`` result),
-    honouring its ``_shutdown`` flag and ``_max_request_size``."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    dist = "opentelemetry-exporter-otlp-proto-http"
-    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
-    client = getattr(exporter, "_client", None)
-    assert client is not None, broken(dist, "OTLPSpanExporter._client")
-    assert parameters(client.export) == ["data"], broken(
-        dist, "OTLPSpanExporter._client.export(data)"
-    )
-    source = inspect.getsource(OTLPSpanExporter.export)
-    assert "self._client.export(serialized_data)" in source, broken(
-        dist, "OTLPSpanExporter.export posting through self._client"
-    )
-    assert "success" in inspect.getsource(type(client).export), broken(
-        dist, "_OTLPHTTPClient.export result .success"
-    )
-    assert exporter._shutdown is False, broken(dist, "OTLPSpanExporter._shutdown")
-    assert isinstance(exporter._max_request_size, int), broken(
-        dist, "OTLPSpanExporter._max_request_size"
     )
 
 
