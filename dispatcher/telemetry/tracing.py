@@ -10,6 +10,7 @@ payload field (docs/observability.md lists every attribute).
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from opentelemetry import context as otel_context
@@ -190,7 +191,10 @@ def ingest_batch(
         yield span
 
 
-@contextlib.contextmanager
+#: What ``delivery_attempt`` returns while tracing is off: one shared, reusable context.
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def delivery_attempt(
     channel: str,
     *,
@@ -200,13 +204,38 @@ def delivery_attempt(
     attempt: int,
     severity: str,
     replay_id: str | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A CLIENT span for one attempt at one delivery, in the event's stored trace; the
-    adapter's request carries its context (a webhook receiver's ``traceparent``)."""
+    adapter's request carries its context (a webhook receiver's ``traceparent``).
+
+    Off, it returns ``_NO_SPAN``: an attribute read, no generator per attempt."""
     tracer = _STATE.tracer
     if tracer is None:
-        yield None
-        return
+        return _NO_SPAN
+    return _delivery_span(
+        tracer,
+        channel,
+        traceparent=traceparent,
+        delivery_id=delivery_id,
+        event_id=event_id,
+        attempt=attempt,
+        severity=severity,
+        replay_id=replay_id,
+    )
+
+
+@contextlib.contextmanager
+def _delivery_span(
+    tracer: trace.Tracer,
+    channel: str,
+    *,
+    traceparent: str | None,
+    delivery_id: str,
+    event_id: str,
+    attempt: int,
+    severity: str,
+    replay_id: str | None,
+) -> Iterator[Span]:
     attributes: dict[str, str | int] = {
         "dispatcher.channel": channel,
         "dispatcher.delivery_id": delivery_id,
