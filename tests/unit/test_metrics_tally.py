@@ -36,8 +36,12 @@ def totals(channel: str) -> dict[str, float]:
             outcome="failed",
             error_class="timeout",
         ),
-        "durations": value("dispatcher_delivery_attempt_duration_seconds_count", **tried),
-        "duration_sum": value("dispatcher_delivery_attempt_duration_seconds_sum", **tried),
+        "durations": value(
+            "dispatcher_delivery_attempt_duration_seconds_count", **tried
+        ),
+        "duration_sum": value(
+            "dispatcher_delivery_attempt_duration_seconds_sum", **tried
+        ),
         "delivered": value(
             "dispatcher_deliveries_total",
             channel=channel,
@@ -45,10 +49,15 @@ def totals(channel: str) -> dict[str, float]:
             severity="high",
         ),
         "dead": value(
-            "dispatcher_deliveries_total", channel=channel, outcome="dead", severity="high"
+            "dispatcher_deliveries_total",
+            channel=channel,
+            outcome="dead",
+            severity="high",
         ),
         "latencies": value(
-            "dispatcher_delivery_latency_seconds_count", channel=channel, severity="high"
+            "dispatcher_delivery_latency_seconds_count",
+            channel=channel,
+            severity="high",
         ),
     }
 
