@@ -201,7 +201,8 @@ class SnapshotRefresher:
 
     Readers call ``fresh()``: it marks the snapshot as wanted and, when the background
     refreshes have stopped for want of readers, refreshes before it answers, so what a
-    reader gets is never older than ``interval`` plus one refresh.
+    reader gets is never older than ``interval`` plus one refresh (as before, when the
+    background refreshed it whether read or not).
     """
 
     def __init__(
@@ -243,17 +244,20 @@ class SnapshotRefresher:
             self.ready = (await self._readiness()).ready
 
     async def fresh(self) -> ChannelsSnapshot:
-        """The latest snapshot, refreshed first if the last refresh is older than the
-        interval (after a quiet time, when the background refreshes had stopped)."""
-        self._asked = time.monotonic()
-        if self._stale(self._asked):
+        """The latest snapshot; after a quiet time (no read for ``idle_after``, so the
+        background refreshes had stopped), refreshed first if older than the interval.
+        While reads are steady it never waits: the background keeps it fresh."""
+        now = time.monotonic()
+        quiet = now - self._asked >= self._idle_after
+        self._asked = now
+        if quiet and self._stale(now):
             async with self._lock:  # a refresh under way: its result will do
                 if self._stale(time.monotonic()):
                     await self._refresh()
         return self.current
 
     def _stale(self, now: float) -> bool:
-        return self._refreshed is None or now - self._refreshed >= self._interval
+        return self._refreshed is not None and now - self._refreshed >= self._interval
 
     async def _loop(self) -> None:
         while True:
