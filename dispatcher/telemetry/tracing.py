@@ -212,30 +212,6 @@ def delivery_attempt(
     tracer = _STATE.tracer
     if tracer is None:
         return _NO_SPAN
-    return _delivery_span(
-        tracer,
-        channel,
-        traceparent=traceparent,
-        delivery_id=delivery_id,
-        event_id=event_id,
-        attempt=attempt,
-        severity=severity,
-        replay_id=replay_id,
-    )
-
-
-@contextlib.contextmanager
-def _delivery_span(
-    tracer: trace.Tracer,
-    channel: str,
-    *,
-    traceparent: str | None,
-    delivery_id: str,
-    event_id: str,
-    attempt: int,
-    severity: str,
-    replay_id: str | None,
-) -> Iterator[Span]:
     attributes: dict[str, str | int] = {
         "dispatcher.channel": channel,
         "dispatcher.delivery_id": delivery_id,
@@ -245,9 +221,19 @@ def _delivery_span(
     }
     if replay_id:
         attributes["dispatcher.replay_id"] = replay_id
+    return _delivery_span(tracer, channel, _context(traceparent) or _ROOT, attributes)
+
+
+@contextlib.contextmanager
+def _delivery_span(
+    tracer: trace.Tracer,
+    channel: str,
+    parent: Context,
+    attributes: dict[str, str | int],
+) -> Iterator[Span]:
     span = tracer.start_span(
         f"deliver {channel}",
-        context=_context(traceparent) or _ROOT,
+        context=parent,
         kind=SpanKind.CLIENT,
         attributes=attributes,
     )
