@@ -26,9 +26,19 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, RestrictedRegistry
 
-REGISTRY = CollectorRegistry()
+
+class _Registry(CollectorRegistry):
+    """The process's registry: a scrape filtered by name (``?name[]=``, which collects in
+    no fixed order) moves the delivery tally first, as a whole collection does."""
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        _TALLY.flush()
+        return super().restricted_registry(names)
+
+
+REGISTRY = _Registry()
 
 
 class AttemptFacts(Protocol):

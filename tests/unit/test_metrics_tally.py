@@ -122,3 +122,26 @@ def test_a_scraping_thread_loses_no_attempt() -> None:
     assert after["failed_tries"] - before["failed_tries"] == n // 2
     assert after["durations"] - before["durations"] == n
     assert after["latencies"] - before["latencies"] == n // 2
+
+
+def test_a_scrape_filtered_by_name_sees_every_attempt() -> None:
+    """``?name[]=`` scrapes (a restricted registry) count the attempts still waiting."""
+    name = "dispatcher_delivery_attempts_total"
+    labels = {
+        "channel": "tally-c",
+        "provider": "relay-a",
+        "outcome": "delivered",
+        "error_class": "none",
+    }
+
+    def filtered() -> float:
+        for family in REGISTRY.restricted_registry([name]).collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    before = filtered()
+    for i in range(10):
+        attempt("tally-c", 2 * i)
+    assert filtered() - before == 10
