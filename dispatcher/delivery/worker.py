@@ -24,7 +24,7 @@ from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
-from dispatcher.outbox.store import Claimed, claim
+from dispatcher.outbox.claims import Claimed, claim
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.telemetry import metrics, tracing

@@ -20,7 +20,7 @@ from dispatcher.db.sql import Executor, Statement
 from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
 
 _INSERT_EVENTS = Statement.compile(
     """

@@ -18,8 +18,8 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.db.sql import Executor, Statement
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
 from dispatcher.outbox.dead import MATCH, DeadFilter, skip_reason
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
 #: Replays requeue this many deliveries a second unless told otherwise.
 DEFAULT_RATE = 10.0

@@ -26,7 +26,8 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.breaker_audit import BreakerAudit
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.service import DeliveryService
-from dispatcher.outbox.store import AttemptRecord, Outcome, claim, complete
+from dispatcher.outbox.claims import claim
+from dispatcher.outbox.outcomes import AttemptRecord, Outcome, complete
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.sinks.twilio import TwilioSink
