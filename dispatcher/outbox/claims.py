@@ -28,11 +28,17 @@ OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
 #: array rather than a join with ``chosen``: PostgreSQL cannot see the LIMITs, and after
 #: five runs it may keep a generic plan that estimates thousands of rows and hash-joins
 #: whole tables here (docs/benchmarks.md, "A blocked endpoint's backlog").
-_LEASE_CHOSEN = """
+def lease_expiry(seconds: str) -> str:
+    """SQL: when a lease of ``seconds`` (an SQL expression) taken now runs out; a claim's
+    and the fast path's insert's (``ingest/store.py``)."""
+    return f"now() + make_interval(secs => {seconds})"
+
+
+_LEASE_CHOSEN = f"""
     , leased AS (
         UPDATE deliveries AS d
         SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-            lease_owner = :owner, next_attempt_at = now() + make_interval(secs => :lease),
+            lease_owner = :owner, next_attempt_at = {lease_expiry(":lease")},
             updated_at = now()
         FROM events AS e
         WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND e.id = d.event_id
@@ -44,7 +50,7 @@ _LEASE_CHOSEN = """
     FROM report AS r
     LEFT JOIN (leased AS l JOIN chosen AS c USING (id)) ON true
     ORDER BY c.priority, c.next_attempt_at
-    """
+    """  # noqa: S608 - constant SQL fragments; values are bound
 
 #: Email and SMS: one ordered scan of the channel's due rows. One statement, so it is its
 #: own transaction and one round trip per claim. Candidates beyond a recipient's room
