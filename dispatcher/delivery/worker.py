@@ -9,7 +9,6 @@ wait for a free slot.
 import asyncio
 import contextlib
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -22,6 +21,7 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.claims import Claimed, claim
@@ -56,14 +56,10 @@ class ChannelWorker:
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
-        self._concurrency = settings.concurrency
-        self._reserve = min(settings.critical_reserve, settings.concurrency - 1)
+        self._slots = Slots(settings.concurrency, settings.critical_reserve)
         self._wakeup = wakeup
         self._owner = owner
         self._rand = rand
-        #: Task -> (priority, recipient) of the delivery it attempts.
-        self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
-        self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
         #: Set by the last fill when it had to leave due rows behind for want of a slot:
         #: every slot (or every general slot) taken.
@@ -80,11 +76,6 @@ class ChannelWorker:
         self._backlog_priority: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        #: Slots held for rows the fast path is inserting (``reserve``), until they are
-        #: launched or given back; they count as taken, for claims too.
-        self._reserved = 0
-        self._reserved_general = 0
-        self._unreserved = asyncio.Event()
         #: A claim statement is running: it counts the slots without new reservations.
         self._claiming = False
         #: Claim statements run so far; for tests and metrics.
@@ -94,7 +85,7 @@ class ChannelWorker:
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._slots.inflight)
 
     @property
     def alive(self) -> bool:
@@ -116,13 +107,12 @@ class ChannelWorker:
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._reserved:
-            # Inserts already holding slots commit (their rows are launched) or fail.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._unreserved.wait()
-        if self._inflight:
-            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+        # Inserts already holding slots commit (their rows are launched) or fail.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._slots.settled()
+        if self._slots.inflight:
+            _done, pending = await asyncio.wait(self._slots.inflight, timeout=grace)
             for task in pending:
                 task.cancel()  # their leases expire and the rows are claimed again
             if pending:
@@ -161,7 +151,7 @@ class ChannelWorker:
             if claimed and full:
                 # A full batch: more may be due right now. Claim them now if enough slots
                 # are free, else once enough have freed (not one claim per slot).
-                if self._free() >= self._refill:
+                if self._slots.free() >= self._refill:
                     continue
                 self._short_of_slots = True
             await self._wait()
@@ -217,12 +207,12 @@ class ChannelWorker:
             not self._stopping
             and self._short_of_slots
             and self._backlog_priority == _CRITICAL
-            and self._free() < self._refill
+            and self._slots.free() < self._refill
         )
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
-        free, general = self._free(), self._general_free()
+        free, general = self._slots.free(), self._slots.general_free()
         self._short_of_slots = free <= 0 or general <= 0
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
@@ -248,12 +238,12 @@ class ChannelWorker:
                     blocked=self._providers.blocked_recipients(),
                     max_priority=max_priority,
                     cap=self._settings.max_inflight_per_recipient,
-                    in_flight=self._per_recipient,
+                    in_flight=self._slots.per_recipient,
                 )
         finally:
             self._claiming = False
         for row in rows:
-            self._per_recipient[row.recipient] += 1
+            self._slots.per_recipient[row.recipient] += 1
             self._launch(row)
         # What the claim left behind, not what is in flight now: attempts that ended
         # during the claim may have taken a recipient below its cap although its rows
@@ -302,15 +292,15 @@ class ChannelWorker:
             recipient, priority = offers[n]
             if priority > ceiling or recipient in skip:
                 continue
-            if self._free() <= 0 or (
-                priority > _CRITICAL and self._general_free() <= 0
+            if self._slots.free() <= 0 or (
+                priority > _CRITICAL and self._slots.general_free() <= 0
             ):
                 short = priority if short is None else min(short, priority)
                 continue
-            if cap is not None and self._per_recipient[recipient] >= cap:
+            if cap is not None and self._slots.per_recipient[recipient] >= cap:
                 self._capped |= {recipient}
                 continue
-            self._hold(priority, recipient)
+            self._slots.hold(priority, recipient)
             taken.append(n)
         if short is not None:
             # As a fill that found no slot: the rows wait, and freed slots claim them.
@@ -321,58 +311,32 @@ class ChannelWorker:
 
     def launch(self, row: Claimed) -> None:
         """Attempt a row the fast path leased, in the slot ``reserve`` held for it."""
-        self._unhold(row.priority)
+        self._slots.unhold(row.priority)
         self.fast += 1
         self._launch(row)
 
     def unreserve(self, recipient: str, priority: int) -> None:
         """Give back a slot ``reserve`` held: its row was not leased to this worker."""
-        self._unhold(priority)
-        self._forget(recipient)
+        self._slots.unhold(priority)
+        self._slots.release(recipient)
+        self._freed(recipient)
 
     @property
     def lease_seconds(self) -> float:
         return self._settings.lease_seconds
 
-    def _hold(self, priority: int, recipient: str) -> None:
-        self._reserved += 1
-        self._reserved_general += priority > _CRITICAL
-        self._per_recipient[recipient] += 1
-        self._unreserved.clear()
-
-    def _unhold(self, priority: int) -> None:
-        self._reserved -= 1
-        self._reserved_general -= priority > _CRITICAL
-        if not self._reserved:
-            self._unreserved.set()
-
     def _launch(self, row: Claimed) -> None:
         """Attempt a leased row in a slot; its recipient is already counted."""
         task = asyncio.create_task(self._attempt(row))
-        self._inflight[task] = (row.priority, row.recipient)
+        self._slots.start(task, row.priority, row.recipient)
         task.add_done_callback(self._finished)
-
-    def _free(self) -> int:
-        return self._concurrency - len(self._inflight) - self._reserved
-
-    def _general_free(self) -> int:
-        return (
-            self._concurrency
-            - self._reserve
-            - self._general_inflight()
-            - self._reserved_general
-        )
 
     def _room(self, recipient: str) -> int:
         cap = self._settings.max_inflight_per_recipient
-        return 0 if cap is None else cap - self._per_recipient[recipient]
-
-    def _general_inflight(self) -> int:
-        return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)
+        return 0 if cap is None else cap - self._slots.per_recipient[recipient]
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        _, recipient = self._inflight.pop(task, (0, ""))
-        self._forget(recipient)
+        self._freed(self._slots.finish(task))
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "dispatcher.delivery.worker_bug",
@@ -380,12 +344,9 @@ class ChannelWorker:
                 error_type=type(task.exception()).__name__,
             )
 
-    def _forget(self, recipient: str) -> None:
-        """A slot of ``recipient`` is free again; wake the claims rows wait for."""
-        self._per_recipient[recipient] -= 1
-        if self._per_recipient[recipient] <= 0:
-            del self._per_recipient[recipient]
-        if (self._short_of_slots and self._free() >= self._refill) or (
+    def _freed(self, recipient: str) -> None:
+        """A slot of ``recipient`` is free again: wake the claim rows wait for."""
+        if (self._short_of_slots and self._slots.free() >= self._refill) or (
             recipient in self._capped and self._room(recipient) >= self._cap_refill
         ):
             self._slot_freed.set()
