@@ -5,13 +5,11 @@ A row leased on insert has ``updated_at = created_at``: both are ``now()`` of th
 transaction that inserted it, while a claim sets ``updated_at`` in a later one.
 """
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.engine import create_engine
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import Stack, StackFactory, event_to, webhook_channel
@@ -52,27 +50,35 @@ async def until_sent(sink: WebhookSink, n: int) -> None:
     await wait_for(sent, f"{n} requests at the sink", timeout=30)
 
 
+async def leased_and_queued(
+    s: Stack, sink: WebhookSink, events: int, leased: int
+) -> tuple[list[Any], list[Any]]:
+    """Publish ``events`` to the monitor, whose first ``leased`` requests hang: those
+    rows were leased on insert and sent, the others wait unleased. (ids, rows)"""
+    sink.hang("/safety-monitor", times=leased)
+    await s.wait_listening_and_swept()
+    ids = await s.publish(*[event_to(MONITOR) for _ in range(events)])
+    await until_sent(sink, leased)
+    rows = await s.deliveries(ids)
+    assert len(rows) == events
+    assert sum(leased_on_insert(r) for r in rows) == leased
+    assert sum(unleased(r) for r in rows) == events - leased
+    assert {r.webhook_id for r in sink.received} == {
+        str(r.id) for r in rows if r.status == "in_flight"
+    }
+    return ids, rows
+
+
 async def test_full_worker_pool_falls_back_to_the_queue(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     """Rows without a free slot are inserted unleased and claimed once slots free."""
-    webhook_sink.hang("/safety-monitor", times=2)
     channels = monitor(webhook_sink, concurrency=2, critical_reserve=0)
     async with stack(channels=channels) as s:
-        await s.wait_listening_and_swept()
-        ids = await s.publish(*[event_to(MONITOR) for _ in range(5)])
-        await until_sent(webhook_sink, 2)
-        rows = await s.deliveries(ids)
-        assert len(rows) == 5
-        assert sum(leased_on_insert(r) for r in rows) == 2
-        assert sum(unleased(r) for r in rows) == 3
-        assert {r.webhook_id for r in webhook_sink.received} == {
-            str(r.id) for r in rows if r.status == "in_flight"
-        }
+        ids, rows = await leased_and_queued(s, webhook_sink, 5, 2)
         await s.wait_final(ids, count=5)
         assert s.delivery is not None
-        worker = s.delivery.workers[ChannelKind.WEBHOOK]
-        assert worker.fast == 2
+        assert s.delivery.workers[ChannelKind.WEBHOOK].fast == 2
     assert sorted(webhook_sink.accepted) == sorted(str(r.id) for r in rows)
     assert webhook_sink.duplicates() == []
 
@@ -81,17 +87,9 @@ async def test_per_endpoint_cap_holds_on_the_fast_path(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     """An endpoint gets at most its cap of new rows leased; the rest wait unleased."""
-    webhook_sink.hang("/safety-monitor", times=2)
     channels = monitor(webhook_sink, concurrency=8, max_inflight_per_recipient=2)
     async with stack(channels=channels) as s:
-        await s.wait_listening_and_swept()
-        ids = await s.publish(*[event_to(MONITOR) for _ in range(6)])
-        await until_sent(webhook_sink, 2)
-        rows = await s.deliveries(ids)
-        assert len(rows) == 6
-        assert sum(leased_on_insert(r) for r in rows) == 2
-        assert sum(unleased(r) for r in rows) == 4
-        assert len(webhook_sink.received) == 2
+        ids, _ = await leased_and_queued(s, webhook_sink, 6, 2)
         await s.wait_final(ids, count=6)
     assert webhook_sink.duplicates() == []
     assert len(webhook_sink.accepted) == 6
@@ -119,14 +117,6 @@ async def test_critical_event_behind_a_low_severity_burst_is_sent_first(
         waiting = await s.deliveries(low)
         assert sum(unleased(r) for r in waiting) == 17
         webhook_sink.clear()
-
-
-@pytest.fixture
-async def roomy_engine(database: str) -> AsyncIterator[AsyncEngine]:
-    """Two replicas in one process need more than the default fixture's pool."""
-    engine = create_engine(database, pool_size=12)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.mark.slow
