@@ -8,6 +8,7 @@ wait for a free slot.
 
 import asyncio
 import contextlib
+import contextvars
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -326,8 +327,10 @@ class ChannelWorker:
         return self._settings.lease_seconds
 
     def _launch(self, row: Claimed) -> None:
-        """Attempt a leased row in a slot; its recipient is already counted."""
-        task = asyncio.create_task(self._attempt(row))
+        """Attempt a leased row in a slot; its recipient is already counted. In a context
+        of its own: a fast-path row is launched from ingest's batch (its span, its log
+        context), a claimed one from the claim loop, and both must run alike."""
+        task = asyncio.create_task(self._attempt(row), context=contextvars.Context())
         self._slots.start(task, row.priority, row.recipient)
         task.add_done_callback(self._finished)
 
