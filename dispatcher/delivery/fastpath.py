@@ -26,7 +26,7 @@ class FastPath:
         self._workers = {kind.value: worker for kind, worker in workers.items()}
         self._owner = owner
 
-    def reserve(self, offers: Sequence[Offer]) -> "Slots | None":
+    def reserve(self, offers: Sequence[Offer]) -> "HeldSlots | None":
         by_channel: dict[str, list[int]] = {}
         for n, offer in enumerate(offers):
             by_channel.setdefault(offer.channel, []).append(n)
@@ -41,10 +41,10 @@ class FastPath:
                 n = positions[i]
                 leases[n] = worker.lease_seconds
                 held[n] = (worker, offers[n])
-        return Slots(self._owner, leases, held) if held else None
+        return HeldSlots(self._owner, leases, held) if held else None
 
 
-class Slots:
+class HeldSlots:
     """The slots one insert holds, by offer position, until it commits or fails."""
 
     def __init__(
