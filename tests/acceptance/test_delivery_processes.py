@@ -34,8 +34,9 @@ pytestmark = [
 ENDPOINTS = ("crisis-line", "safety-monitor", "case-system")
 
 
-def write_config(path: Path, sink: WebhookSink, **overrides: Any) -> Path:
-    channel = webhook_channel(sink.url, ENDPOINTS, **overrides)
+def write_config(path: Path, url_for: Callable[[str], str], **overrides: Any) -> Path:
+    """The webhook channel with ``ENDPOINTS`` at ``url_for(path)`` (e.g. ``sink.url``)."""
+    channel = webhook_channel(url_for, ENDPOINTS, **overrides)
     channel["allow_private_networks"] = ["127.0.0.0/8"]
     path.write_text(yaml.safe_dump({"channels": {"webhook": channel}}))
     return path
@@ -68,7 +69,7 @@ async def test_two_replicas_on_one_stream_never_send_a_delivery_twice(
     async with WebhookSink(seed=7) as sink:
         for name in ENDPOINTS:
             sink.flaky(f"/{name}", 0.2)  # retries too, not only first tries
-        config = write_config(tmp_path / "config.yaml", sink)
+        config = write_config(tmp_path / "config.yaml", sink.url)
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
         replicas = [await start(env, tmp_path / f"replica-{n}.log") for n in (1, 2)]
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(300)]
@@ -100,7 +101,7 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
             sink.trickle(f"/{name}", size=3, interval=0.1)
         config = write_config(
             tmp_path / "config.yaml",
-            sink,
+            sink.url,
             lease_seconds=3.0,
             deadline_seconds=2.0,
             concurrency=8,
@@ -138,7 +139,7 @@ async def test_ingest_and_one_channel_run_as_separate_processes(
 ) -> None:
     """`serve --ingest-only` stores; `worker --channel webhook` delivers webhooks only."""
     async with WebhookSink() as sink:
-        config = yaml.safe_load(write_config(tmp_path / "c.yaml", sink).read_text())
+        config = yaml.safe_load(write_config(tmp_path / "c.yaml", sink.url).read_text())
         config["channels"]["email"] = {
             "enabled": True,
             "providers": [
@@ -215,7 +216,7 @@ async def test_a_worker_serves_its_metrics_on_the_metrics_port(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     async with WebhookSink() as sink:
-        config = write_config(tmp_path / "config.yaml", sink)
+        config = write_config(tmp_path / "config.yaml", sink.url)
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
         processes = [
             Dispatcher(env, tmp_path / "ingest.log", ["serve", "--ingest-only"]),
@@ -274,15 +275,15 @@ async def test_replica_killed_after_commit_has_its_fast_path_rows_sent_by_anothe
             "deadline_seconds": 3.0,
             "poll_interval": 0.2,
         }
-        cut = webhook_channel(lambda p: f"http://127.0.0.1:{relay.port}{p}", ENDPOINTS)
-        cut.update(settings, allow_private_networks=["127.0.0.0/8"])
-        (tmp_path / "cut.yaml").write_text(
-            yaml.safe_dump({"channels": {"webhook": cut}})
+        cut = write_config(
+            tmp_path / "cut.yaml",
+            lambda p: f"http://127.0.0.1:{relay.port}{p}",
+            **settings,
         )
-        config = write_config(tmp_path / "config.yaml", sink, **settings)
+        config = write_config(tmp_path / "config.yaml", sink.url, **settings)
         env = env_for(names, database)
         first = await start(
-            {**env, "DISPATCHER_CONFIG": str(tmp_path / "cut.yaml")},
+            {**env, "DISPATCHER_CONFIG": str(cut)},
             tmp_path / "first.log",
         )
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(3)]
