@@ -144,7 +144,7 @@ async def test_fast_path_and_claims_on_two_replicas_never_send_a_row_twice(
             ids: list[Any] = []
             for start in range(0, 150, 10):
                 ids += await one.publish(*events[start : start + 10])
-            await one.wait_final(ids, count=450, timeout=120)
+            rows = await one.wait_final(ids, count=450, timeout=120)
             workers = [
                 r.delivery.workers[ChannelKind.WEBHOOK]
                 for r in replicas
@@ -153,5 +153,6 @@ async def test_fast_path_and_claims_on_two_replicas_never_send_a_row_twice(
     assert sink.duplicates() == []
     assert len(sink.accepted) == 450
     assert all(w.fast > 0 for w in workers)
-    # Retries (a fifth of two endpoints' tries fail) and overflow are claimed.
-    assert sum(w.fast for w in workers) < 450
+    # A fifth of two endpoints' tries fail: those rows, leased on insert, are retried by
+    # a claim of either replica (as is any overflow).
+    assert any(r.attempts > 1 for r in rows)
