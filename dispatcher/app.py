@@ -39,6 +39,7 @@ from dispatcher.ingest.acker import AckableMessage, Acker
 from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import IngestConsumer
 from dispatcher.ingest.intake import Intake
+from dispatcher.ingest.reader import MessageReader
 from dispatcher.outbox.handoff import Handoff
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.resilience.delivery_policy import ChannelDelivery
@@ -82,13 +83,7 @@ class IngestService:
             queue=topology.ingest_queue(settings.queue_prefix),
             handoff=handoff if settings.ingest.fast_path else None,
         )
-        endpoints = settings.channels.webhook.endpoints
-        self.intake = Intake(
-            self.batcher,
-            max_body_bytes=settings.ingest.max_body_bytes,
-            rules=settings.routing,
-            endpoint_filters={name: ep.event_types for name, ep in endpoints.items()},
-        )
+        self.intake = Intake(self.batcher, build_reader(settings))
         self.broker = RabbitBroker(
             settings.amqp_url.get_secret_value(),
             logger=None,  # FastStream logs every message at INFO; we log ids ourselves
@@ -128,6 +123,16 @@ class IngestService:
             stored=self.batcher.totals.stored,
             rejected=self.batcher.totals.rejected,
         )
+
+
+def build_reader(settings: Settings) -> MessageReader:
+    """How ingest parses and routes a body; ``rejected replay`` reads with it too."""
+    endpoints = settings.channels.webhook.endpoints
+    return MessageReader(
+        max_body_bytes=settings.ingest.max_body_bytes,
+        rules=settings.routing,
+        endpoint_filters={name: ep.event_types for name, ep in endpoints.items()},
+    )
 
 
 def worker_probes(delivery: DeliveryService) -> list[ComponentProbe]:

@@ -2,7 +2,8 @@
 
 import base64
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from dispatcher.api.masking import mask_data, mask_recipient, mask_subject
 
 _OUT = ConfigDict(frozen=True)
+M = TypeVar("M", bound=BaseModel)
+
+
+@cache
+def _field_names(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(model.model_fields)
+
+
+def _from_row(model: type[M], row: Any, **given: Any) -> M:
+    """``model`` with the fields in ``given`` and every other field read from ``row``'s
+    attribute of the same name (a result row, or an object such as a replay plan)."""
+    read = {n: getattr(row, n) for n in _field_names(model) if n not in given}
+    return model(**read, **given)
 
 
 class EventSummary(BaseModel):
@@ -118,15 +132,11 @@ class Count(BaseModel):
 
 
 def event_summary(row: Any, pii: bool) -> EventSummary:
-    return EventSummary(
+    return _from_row(
+        EventSummary,
+        row,
         event_id=row.id,
-        type=row.type,
-        severity=row.severity,
-        occurred_at=row.occurred_at,
-        received_at=row.received_at,
         subject_id=row.subject_id if pii else mask_subject(row.subject_id),
-        correlation_id=row.correlation_id,
-        delivery_count=row.delivery_count,
     )
 
 
@@ -156,77 +166,41 @@ def event_detail(
 
 
 def attempt(row: Any, pii: bool) -> Attempt:
-    return Attempt(
-        attempt=row.attempt,
-        provider=row.provider,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        outcome=row.outcome,
-        error_class=row.error_class,
-        provider_code=row.provider_code,
-        latency_ms=row.latency_ms,
-        error_message=row.error_message if pii else None,
-    )
+    return _from_row(Attempt, row, error_message=row.error_message if pii else None)
 
 
-def _delivery_fields(row: Any, pii: bool) -> dict[str, Any]:
+def _delivery_masked(row: Any, pii: bool) -> dict[str, Any]:
     return {
         "delivery_id": row.id,
-        "event_id": row.event_id,
-        "channel": row.channel,
         "recipient": row.recipient
         if pii
         else mask_recipient(row.channel, row.recipient),
-        "rule": row.rule,
-        "status": row.status,
-        "priority": row.priority,
-        "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "delivered_at": row.delivered_at,
-        "dead_at": row.dead_at,
-        "last_error_class": row.last_error_class,
-        "last_provider": row.last_provider,
         "last_error_message": row.last_error_message if pii else None,
     }
 
 
 def delivery(row: Any, pii: bool) -> Delivery:
-    return Delivery(**_delivery_fields(row, pii))
+    return _from_row(Delivery, row, **_delivery_masked(row, pii))
 
 
 def delivery_detail(row: Any, timeline: list[Attempt], pii: bool) -> DeliveryDetail:
-    return DeliveryDetail(**_delivery_fields(row, pii), timeline=timeline)
+    return _from_row(
+        DeliveryDetail, row, timeline=timeline, **_delivery_masked(row, pii)
+    )
 
 
 def audit_item(row: Any) -> AuditItem:
-    return AuditItem(
-        id=row.id,
-        at=row.at,
-        kind=row.kind,
-        event_id=row.event_id,
-        delivery_id=row.delivery_id,
-        detail=row.detail,
-    )
+    return _from_row(AuditItem, row)
 
 
 def rejected(row: Any) -> Rejected:
-    return Rejected(
-        id=row.id,
-        received_at=row.received_at,
-        source=row.source,
-        reason=row.reason,
-        message=row.message,
-        body_size=row.body_size,
-        routing_key=row.routing_key,
-        message_id=row.message_id,
-    )
+    return _from_row(Rejected, row)
 
 
 def rejected_detail(row: Any, pii: bool) -> RejectedDetail:
-    return RejectedDetail(
-        **rejected(row).model_dump(),
+    return _from_row(
+        RejectedDetail,
+        row,
         body_base64=base64.b64encode(row.body).decode() if pii else None,
         headers=row.headers if pii else None,
     )
@@ -291,52 +265,17 @@ class Replay(BaseModel):
 
 
 def plan_sample(row: Any) -> PlanSample:
-    return PlanSample(
-        delivery_id=row.id,
-        event_id=row.event_id,
-        channel=row.channel,
-        recipient=row.recipient,
-        endpoint=row.endpoint,
-        error_class=row.error_class,
-        attempts=row.attempts,
-        dead_at=row.dead_at,
-        type=row.type,
-        severity=row.severity,
-    )
+    return _from_row(PlanSample, row, delivery_id=row.id)
 
 
 def replay_plan(plan: Any) -> ReplayPlan:
-    return ReplayPlan(
-        as_of=plan.as_of,
-        count=plan.count,
-        to_requeue=plan.to_requeue,
-        by_channel=plan.by_channel,
-        by_error_class=plan.by_error_class,
-        by_endpoint=plan.by_endpoint,
-        skips=plan.skips,
-        in_other_replay=plan.in_other_replay,
+    return _from_row(
+        ReplayPlan,
+        plan,
         warnings=plan.warnings(),
         sample=[plan_sample(s) for s in plan.sample],
     )
 
 
 def replay(row: Any) -> Replay:
-    return Replay(
-        replay_id=row.id,
-        created_at=row.created_at,
-        created_by=row.created_by,
-        reason=row.reason,
-        filters=row.filters,
-        status=row.status,
-        total=row.total,
-        requeued=row.requeued,
-        delivered=row.delivered,
-        failed_again=row.failed_again,
-        skipped=row.skipped,
-        pending=row.pending,
-        rate=row.rate,
-        max_age_seconds=row.max_age_seconds,
-        finished_at=row.finished_at,
-        updated_at=row.updated_at,
-        runner=row.lease_owner,
-    )
+    return _from_row(Replay, row, replay_id=row.id, runner=row.lease_owner)

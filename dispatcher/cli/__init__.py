@@ -10,6 +10,7 @@ from dispatcher.cli import (  # noqa: F401
     dlq,
     maintenance,
     publish,
+    rejected,
     serve,
     status,
 )

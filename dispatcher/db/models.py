@@ -200,6 +200,19 @@ class Delivery(Base):
             "dead_at",
             postgresql_where=text("status = 'dead'"),
         ),
+        # The audit API: "events with a dead delivery" probes this per event, and dead
+        # deliveries list newest first from it (migration 0006).
+        Index(
+            "ix_deliveries_dead_event_id",
+            "event_id",
+            postgresql_where=text("status = 'dead'"),
+        ),
+        Index(
+            "ix_deliveries_dead_created_at",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'dead'"),
+        ),
         # The audit API lists deliveries newest first, alone or by channel or recipient.
         Index("ix_deliveries_created_at", "created_at", "id"),
         Index("ix_deliveries_channel_created_at", "channel", "created_at"),
@@ -281,8 +294,26 @@ class RejectedMessage(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     routing_key: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(Text)
+    #: When ``dispatcher rejected replay`` read it again and ingest accepted it.
+    replayed_at: Mapped[datetime | None]
+    #: The event it became (or that was already stored under its event_id).
+    replayed_event_id: Mapped[UUID | None]
+    #: The reasons it had before a replay failed it again with another:
+    #: ``[{"reason", "message", "until", "replay_reason"}]``, oldest first.
+    earlier_reasons: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
 
-    __table_args__ = (Index(None, "reason", "received_at"), Index(None, "received_at"))
+    __table_args__ = (
+        Index(None, "reason", "received_at"),
+        Index(None, "received_at"),
+        # What is still rejected: listed and replayed (``ingest/rejected.py``).
+        Index(
+            "ix_rejected_messages_open",
+            "received_at",
+            postgresql_where=text("replayed_at IS NULL"),
+        ),
+    )
 
 
 class ReplayStatus(StrEnum):
@@ -327,7 +358,7 @@ class Replay(Base):
     #: The API token's name or the OS user who created it.
     created_by: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
-    #: The filters it was planned with (``outbox/replays.py: DeadFilter``), for the record.
+    #: The filters it was planned with (``outbox/dead.py: DeadFilter``), for the record.
     filters: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(Text, server_default="planned")
     total: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -374,6 +405,8 @@ class ReplayItem(Base):
     #: Why it was skipped.
     reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None]
+    #: Its place in the replay, most urgent first (priority, dead_at), set at the freeze.
+    ordinal: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -389,4 +422,11 @@ class ReplayItem(Base):
             postgresql_where=text("state = 'waiting'"),
         ),
         Index(None, "delivery_id"),
+        # The requeue step walks a replay's waiting items in order, reading only its batch.
+        Index(
+            "ix_replay_items_order",
+            "replay_id",
+            "ordinal",
+            postgresql_where=text("state = 'waiting'"),
+        ),
     )

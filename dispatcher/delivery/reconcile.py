@@ -66,6 +66,20 @@ async def _drain(queue: aio_pika.abc.AbstractQueue) -> list[AbstractIncomingMess
     return held
 
 
+async def _settled(queue: aio_pika.abc.AbstractQueue) -> None:
+    """Until the broker has applied the acks just sent.
+
+    A quorum queue applies acks asynchronously; a connection closed right after them
+    loses those not yet applied, and their messages come back (RabbitMQ 3.10 here: ~5 %
+    of 1,500, and most of them when acked with ``multiple``). A ``basic.get`` on the same
+    channel is answered after them. A message it finds was published meanwhile: it goes
+    back (a lost nack returns it too).
+    """
+    message = await queue.get(no_ack=False, fail=False)
+    if message is not None:
+        await message.nack(requeue=True)
+
+
 async def _republish(
     exchange: AbstractExchange, rows: list[DeadLettered], kind: ChannelKind
 ) -> None:
@@ -110,6 +124,7 @@ async def _channel(
         raise
     for message in held:
         await message.ack()
+    await _settled(queue)
     if missing:
         with wrap_db_errors():
             async with engine.connect() as sa:

@@ -1,6 +1,6 @@
 """The replay runner: a durable job any replica picks up.
 
-A runner leases one active replay at a time (``outbox/replays.py: claim``), requeues its
+A runner leases one active replay at a time (``outbox/replay_progress.py: claim``), requeues its
 frozen deliveries at the replay's rate, watches their outcomes, and marks the replay done
 when nothing waits and nothing requeued is still on its way. Its lease is renewed every
 second; a runner that dies leaves a lease that expires, and another runner (another
@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
 from dispatcher.errors import DispatcherError
-from dispatcher.outbox import replays
+from dispatcher.outbox import replay_progress, replays, requeue
 from dispatcher.outbox.replays import ReplayRow
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.telemetry import metrics
@@ -86,7 +86,7 @@ class ReplayRunner:
         while not self._stopping.is_set():
             try:
                 with wrap_db_errors():
-                    replay = await replays.claim(
+                    replay = await replay_progress.claim(
                         await self._link.driver(),
                         owner=self._owner,
                         lease_seconds=self._lease,
@@ -135,7 +135,7 @@ class ReplayRunner:
             last = now
             n = int(tokens) if rate > 0 else BATCH
             if waiting and n:
-                step = await replays.requeue(
+                step = await requeue.requeue(
                     conn,
                     replay.id,
                     owner=self._owner,
@@ -161,22 +161,22 @@ class ReplayRunner:
         self, conn: Any, replay_id: UUID, *, paused: bool
     ) -> int | None:
         """Count outcomes, finish or renew the lease; how many wait, None to let go."""
-        settled = await replays.settle(conn, replay_id)
+        settled = await replay_progress.settle(conn, replay_id)
         if settled is None:
             return None
         row, waiting = settled
         if not waiting and not row.pending:
-            if await replays.finish(conn, replay_id, owner=self._owner):
+            if await replay_progress.finish(conn, replay_id, owner=self._owner):
                 log.info("dispatcher.replay.done", replay_id=str(replay_id))
             return None
-        renewed = await replays.renew(
+        renewed = await replay_progress.renew(
             conn, replay_id, owner=self._owner, lease_seconds=self._lease, paused=paused
         )
         return waiting if renewed else None  # cancelled, or taken over
 
     async def _held(self, conn: Any) -> tuple[list[str], list[str]]:
         """Channels and webhook endpoints whose breaker the audit shows open."""
-        open_ = await replays.open_breakers(conn, horizon_seconds=self._pause_horizon)
+        open_ = await requeue.open_breakers(conn, horizon_seconds=self._pause_horizon)
         channels = sorted({c for c, _ in open_ if c != "webhook"})
         endpoints = sorted({p for c, p in open_ if c == "webhook"})
         return channels, endpoints

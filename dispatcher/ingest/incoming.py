@@ -29,6 +29,8 @@ class Source(StrEnum):
     INGEST = "ingest"
     #: The ingest dead-letter queue (the broker gave up on the message).
     INGEST_DLQ = "ingest_dlq"
+    #: A stored rejected message read again by ``dispatcher rejected replay``.
+    REJECTED_REPLAY = "rejected_replay"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The intake: each broker message parsed and routed into an ``Incoming``, handed to the
+"""The intake: each broker message parsed and routed (``reader.py``) into an ``Incoming``, handed to the
 batcher without waiting (the ack comes after the commit, from the acker).
 
 The ingest queue's hot path skips aio-pika's per-message work: the first delivery aio-pika
@@ -7,86 +7,33 @@ which aiormq then calls with the bare delivery (see ``consumer.py``).
 """
 
 import contextlib
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.abc import DeliveredMessage
 
-from dispatcher.events.parse import ParsedEvent, parse_event
-from dispatcher.events.rejection import Rejection, RejectReason
-from dispatcher.events.routing import RoutingRule, route
 from dispatcher.ingest.acker import AckableMessage
 from dispatcher.ingest.batcher import Batcher
-from dispatcher.ingest.incoming import Accepted, Incoming, Source
+from dispatcher.ingest.incoming import Incoming, Source
+from dispatcher.ingest.reader import MessageReader
 
 
 class Intake:
     """Turns broker messages into ``Incoming`` items and hands them to the batcher."""
 
-    def __init__(
-        self,
-        batcher: Batcher[AckableMessage],
-        *,
-        max_body_bytes: int,
-        rules: Sequence[RoutingRule],
-        endpoint_filters: dict[str, Sequence[str]],
-    ) -> None:
+    def __init__(self, batcher: Batcher[AckableMessage], reader: MessageReader) -> None:
         self._batcher = batcher
-        self._max_body = max_body_bytes
-        self._rules = rules
-        self._endpoint_filters = endpoint_filters
-        self._endpoints: Collection[str] = frozenset(endpoint_filters)
+        self._read = reader.read
 
     def incoming(self, message: AbstractIncomingMessage, source: Source) -> Incoming:
-        """Parse and route one message; pure apart from reading it. Never raises: a
-        message that is never committed would hold back the acks of all after it."""
-        return self._incoming(
+        """Parse and route one message (``reader.py``); never raises."""
+        return self._read(
             message.body,
             source,
             message.routing_key,
             message.message_id,
             message.headers,
-        )
-
-    def _incoming(
-        self,
-        body: bytes,
-        source: Source,
-        routing_key: str | None,
-        message_id: str | None,
-        headers: Mapping[str, Any] | None,
-    ) -> Incoming:
-        outcome: Accepted | Rejection
-        try:
-            parsed = parse_event(
-                body, max_bytes=self._max_body, endpoints=self._endpoints
-            )
-            if isinstance(parsed, ParsedEvent):
-                event = parsed.event
-                routes = route(
-                    event.type,
-                    event.severity,
-                    event.recipients,
-                    self._rules,
-                    self._endpoint_filters,
-                )
-                outcome = Accepted(parsed, routes)
-            else:
-                outcome = parsed
-        except Exception as exc:  # noqa: BLE001 - a bug must not lose the message
-            outcome = Rejection(
-                RejectReason.INTERNAL_ERROR, f"routing error: {type(exc).__name__}"
-            )
-        return Incoming(
-            body=body,
-            outcome=outcome,
-            source=source,
-            routing_key=routing_key,
-            message_id=message_id,
-            headers=headers or {},
         )
 
     async def on_ingest(self, raw: AbstractIncomingMessage) -> None:
@@ -104,7 +51,7 @@ class Intake:
         aio-pika's ``IncomingMessage`` (the acker acks through ``raw.channel``)."""
         properties = raw.header.properties
         self._batcher.put(
-            self._incoming(
+            self._read(
                 raw.body,
                 Source.INGEST,
                 raw.routing_key,

@@ -1,6 +1,7 @@
 """``/v1/replays``: plan, create, list, get and cancel replays over real PostgreSQL."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -201,3 +202,31 @@ async def test_wrong_method_lists_every_method_of_the_path(api: Api) -> None:
     response = await api.client.delete("/v1/replays", headers=api.auth("reader"))
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
+
+
+async def test_create_with_the_plans_as_of_freezes_the_set_previewed(
+    api: Api, engine: AsyncEngine
+) -> None:
+    """POST with the plan's `as_of` freezes what the plan counted, even when new dead
+    letters arrived since."""
+    planned = set(await dead_letters(engine, 3))
+    plan = await api.ok("/v1/replays/plan", "reader", channel="email")
+    assert plan["count"] == 3
+    await dead_letters(engine, 2)  # dead after the plan: not in its set
+    body = {
+        "filters": {"channel": ["email"]},
+        "reason": REASON,
+        "as_of": plan["as_of"],
+    }
+    response = await post(api, "/v1/replays", "replayer", body)
+    assert response.status_code == 201, response.text
+    replay = response.json()
+    assert replay["total"] == plan["count"]
+    frozen_at = datetime.fromisoformat(replay["filters"]["as_of"])
+    assert frozen_at == datetime.fromisoformat(plan["as_of"])
+    async with engine.connect() as conn:
+        frozen = await conn.execute(
+            text("SELECT delivery_id FROM replay_items WHERE replay_id = :r"),
+            {"r": replay["replay_id"]},
+        )
+        assert {r.delivery_id for r in frozen} == planned

@@ -1,29 +1,22 @@
 """``dispatcher dlq`` as the operator runs it (a subprocess), against a real PostgreSQL."""
 
 import getpass
-import os
+import json
 import subprocess
-import sys
+import uuid
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.replay.cli import dispatcher
 from tests.replay.test_replay_store import dead_letters, statuses
 
 pytestmark = pytest.mark.postgres
 
 
 def dlq(database: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher", "dlq", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DISPATCHER_DATABASE_URL": database},
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return dispatcher("dlq", *args, env={"DISPATCHER_DATABASE_URL": database})
 
 
 async def test_replay_refuses_without_filters_or_reason(
@@ -102,3 +95,37 @@ def test_an_unreachable_database_is_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "PostgreSQL is unavailable" in result.stderr
+
+
+async def test_show_tells_one_dead_letters_story(
+    engine: AsyncEngine, database: str
+) -> None:
+    """show: the event summary, masked recipient, attempts with lineage, and replays."""
+    (delivery_id, _) = await dead_letters(engine, 2)
+    created = dlq(
+        database, "replay", "--delivery-id", str(delivery_id), "--reason", "relay fixed",
+        "--yes", "--no-wait",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    replay_id = created.stdout.split("replay ")[-1].split(":")[0]
+    shown = dlq(database, "show", str(delivery_id))
+    assert shown.returncode == 0, shown.stderr
+    assert f"delivery {delivery_id} dead (email to p" in shown.stdout
+    assert "example.org" not in shown.stdout  # masked
+    assert "last error: auth via relay-1" in shown.stdout
+    assert "#1 " in shown.stdout
+    assert "initial" in shown.stdout
+    assert f"{replay_id} " in shown.stdout
+    assert "item=waiting" in shown.stdout
+    assert "reason='relay fixed'" in shown.stdout
+    as_json = json.loads(
+        dlq(database, "show", str(delivery_id), "--json", "--show-recipient").stdout
+    )
+    assert as_json["recipient"] == "person0@example.org"
+    assert as_json["status"] == "dead"
+    assert [a["lineage"] for a in as_json["timeline"]] == ["initial"]
+    assert as_json["timeline"][0]["error_class"] == "auth"
+    assert [r["replay_id"] for r in as_json["replays"]] == [replay_id]
+    missing = dlq(database, "show", str(uuid.uuid4()))
+    assert missing.returncode == 1
+    assert "no delivery" in missing.stderr

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.outbox import dead, replays
+from dispatcher.outbox import dead, replay_progress, replays, requeue
 from dispatcher.outbox.dead import DeadFilter
 from tests.api import seed
 
@@ -111,10 +111,10 @@ async def test_each_item_is_requeued_once_across_overlapping_replays(
     second, n2 = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
     assert (n1, n2) == (3, 1)  # the three waiting in the first are left out
     for replay_id in (first, second):
-        await replays.claim(conn, owner="a", lease_seconds=30, only=replay_id)
-        step = await replays.requeue(conn, replay_id, owner="a", limit=10)
+        await replay_progress.claim(conn, owner="a", lease_seconds=30, only=replay_id)
+        step = await requeue.requeue(conn, replay_id, owner="a", limit=10)
         assert step.held
-        again = await replays.requeue(conn, replay_id, owner="a", limit=10)
+        again = await requeue.requeue(conn, replay_id, owner="a", limit=10)
         assert (again.requeued, again.skipped) == (0, 0)
     assert await statuses(engine, ids) == ["pending"] * 4
     rows = await replays.recent(conn)
@@ -137,9 +137,9 @@ async def test_a_runner_without_the_lease_requeues_nothing(
     """Only the lease holder requeues: a second runner's statement does nothing."""
     ids = await dead_letters(engine, 2)
     replay_id, _ = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
-    assert await replays.claim(conn, owner="a", lease_seconds=30) is not None
-    assert await replays.claim(conn, owner="b", lease_seconds=30) is None
-    step = await replays.requeue(conn, replay_id, owner="b", limit=10)
+    assert await replay_progress.claim(conn, owner="a", lease_seconds=30) is not None
+    assert await replay_progress.claim(conn, owner="b", lease_seconds=30) is None
+    step = await requeue.requeue(conn, replay_id, owner="b", limit=10)
     assert (step.held, step.requeued) == (False, 0)
     assert await statuses(engine, ids) == ["dead", "dead"]
 
@@ -160,8 +160,8 @@ async def test_skips_are_recorded_with_their_reason(
             text("UPDATE deliveries SET status = 'delivered' WHERE id = :d"),
             {"d": fresh[0]},
         )
-    await replays.claim(conn, owner="a", lease_seconds=30)
-    step = await replays.requeue(conn, replay_id, owner="a", limit=10)
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    step = await requeue.requeue(conn, replay_id, owner="a", limit=10)
     assert (step.requeued, step.skipped) == (1, 2)
     async with engine.connect() as c:
         rows = await c.execute(
@@ -179,13 +179,13 @@ async def test_cancel_leaves_requeued_alone_and_stops_the_rest(
     """After a cancel nothing more is requeued; what was requeued stays requeued."""
     ids = await dead_letters(engine, 5)
     replay_id, _ = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
-    await replays.claim(conn, owner="a", lease_seconds=30)
-    await replays.requeue(conn, replay_id, owner="a", limit=2)
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    await requeue.requeue(conn, replay_id, owner="a", limit=2)
     async with conn.transaction():
         row = await replays.cancel(conn, replay_id, by="tester")
     assert row is not None
     assert (row.status, row.requeued, row.skipped) == ("cancelled", 2, 3)
-    step = await replays.requeue(conn, replay_id, owner="a", limit=10)
+    step = await requeue.requeue(conn, replay_id, owner="a", limit=10)
     assert (step.held, step.requeued) == (False, 0)
     assert sorted(await statuses(engine, ids)) == ["dead"] * 3 + ["pending"] * 2
 
@@ -206,3 +206,48 @@ async def test_discard_keeps_the_rows_and_audits_them(
             text("SELECT count(*) FROM audit_log WHERE kind = 'delivery.discarded'")
         )
         assert n.scalar_one() == 4  # one per delivery and the summary
+
+
+async def test_a_requeued_delivery_is_no_longer_marked_mirrored(
+    engine: AsyncEngine, conn: Any
+) -> None:
+    """Requeue clears ``mirrored_at``: the mark was for the death the replay undid, and a
+    delivery that dies again must be mirrored again."""
+    ids = await dead_letters(engine, 2)
+    async with engine.begin() as c:
+        await c.execute(text("UPDATE deliveries SET mirrored_at = now()"))
+    replay_id, _ = await make(conn, DeadFilter(delivery_ids=(ids[0],)))
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    await requeue.requeue(conn, replay_id, owner="a", limit=10)
+    async with engine.connect() as c:
+        rows = await c.execute(text("SELECT id, status, mirrored_at FROM deliveries"))
+        found = {r.id: (r.status, r.mirrored_at is None) for r in rows}
+    assert found == {ids[0]: ("pending", True), ids[1]: ("dead", False)}
+
+
+async def test_requeue_takes_the_most_urgent_first(
+    engine: AsyncEngine, conn: Any
+) -> None:
+    """The order is frozen with the set: by priority, then the oldest death first."""
+    ids = await dead_letters(engine, 4)
+    urgency = {ids[0]: (3, 1), ids[1]: (1, 2), ids[2]: (1, 1), ids[3]: (2, 0)}
+    async with engine.begin() as c:
+        for delivery_id, (priority, minutes) in urgency.items():
+            await c.execute(
+                text(
+                    "UPDATE deliveries SET priority = :p,"
+                    " dead_at = now() - make_interval(mins => :m) WHERE id = :d"
+                ),
+                {"p": priority, "m": 10 - minutes, "d": delivery_id},
+            )
+    replay_id, _ = await make(conn, DeadFilter(delivery_ids=tuple(ids)))
+    await replay_progress.claim(conn, owner="a", lease_seconds=30)
+    order: list[uuid.UUID] = []
+    for _ in ids:
+        await requeue.requeue(conn, replay_id, owner="a", limit=1)
+        async with engine.connect() as c:
+            rows = await c.execute(
+                text("SELECT id FROM deliveries WHERE status = 'pending'")
+            )
+            order.extend({r.id for r in rows} - set(order))
+    assert order == [ids[2], ids[1], ids[3], ids[0]]

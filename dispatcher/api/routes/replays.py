@@ -25,6 +25,7 @@ from dispatcher.api.filters import (
     ReplayBodyFilters,
     ReplayListQuery,
     ReplayPlanQuery,
+    Timestamp,
 )
 from dispatcher.api.pagination import Page, paginate
 from dispatcher.api.problems import PROBLEM_RESPONSES, ApiProblem, Problem
@@ -64,6 +65,11 @@ class ReplayRequest(BaseModel):
     max_age: Annotated[StrictFloat, Field(ge=0, le=MAX_AGE_LIMIT)] | None = Field(
         default=None, description="Skip events older than this many seconds."
     )
+    as_of: Timestamp | None = Field(
+        default=None,
+        description="Freeze the dead letters dead at or before this time: the plan's "
+        "`as_of`, so the set created is the set previewed. Default: now.",
+    )
 
 
 class CancelRequest(BaseModel):
@@ -99,8 +105,9 @@ async def plan_replay(
 async def create_replay(
     writer: DlqWriter, body: ReplayRequest, response: Response
 ) -> resources.Replay:
-    """Freeze the dead letters the filters select now into a replay; the delivery
-    service's runners requeue them at `rate`. Refuses an empty filter unless `all`."""
+    """Freeze the dead letters the filters select (as of `as_of`, default now) into a
+    replay; the delivery service's runners requeue them at `rate`. Refuses an empty
+    filter unless `all`."""
     where = body.filters.dead_filter()
     if where.is_empty() and not body.all:
         raise ApiProblem(
@@ -108,10 +115,12 @@ async def create_replay(
             "no filter given: name what to replay, or set all: true for every dead letter",
         )
     async with writer.driver(write=True) as conn:
+        now = await dead.now(conn)
         replay_id, _ = await replays.create(
             conn,
             where,
-            as_of=await dead.now(conn),
+            # A later as_of selects what is dead now: nothing can die in the past.
+            as_of=min(body.as_of, now) if body.as_of else now,
             by=writer.principal.name,
             reason=body.reason,
             rate=body.rate,
