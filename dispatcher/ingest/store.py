@@ -2,7 +2,9 @@
 
 Two or three round trips per batch whatever its size: insert the events, look up the
 digests of the ones that already existed (rare), then write deliveries, audit entries and
-rejected messages in one statement and wake the channel workers.
+rejected messages in one statement and wake the channel workers. Deliveries this
+replica's workers have free slots for are leased to them in that statement (the fast path,
+``outbox/handoff.py``) and need no wake-up and no claim.
 
 This is the hot path, so it drives the asyncpg connection directly (SQLAlchemy's execution
 layer cost more CPU per batch than the statements' own encoding); the SQL keeps named
@@ -16,11 +18,12 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.db.models import AuditKind
-from dispatcher.db.sql import Executor, Statement
+from dispatcher.db.sql import Executor, Statement, from_row
 from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL, Claimed, lease_expiry
+from dispatcher.outbox.handoff import Handoff, Offer, Reservation
 
 _INSERT_EVENTS = Statement.compile(
     """
@@ -44,18 +47,33 @@ _EXISTING_DIGESTS = Statement.compile(
     "SELECT id, digest FROM events WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
+#: Deliveries with a ``lease`` (the fast path: a slot of this replica's worker is reserved
+#: for them) are inserted leased to ``:owner`` exactly as a claim leases a row
+#: (``outbox/claims.py``): ``in_flight``, attempt 1, a new token, expiry = lease; the
+#: others pending and due now. Only channels with pending rows are notified. The leased
+#: rows come back with their event's payload, as a claim returns them; one row of NULLs
+#: when none was leased.
 _WRITE_REST = Statement.compile(
-    """
+    f"""
     WITH deliveries_in AS (
         INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent,
-                                recipient_hash)
-        SELECT gen_random_uuid(), d.*
+                                recipient_hash, status, attempts, lease_token, lease_owner,
+                                next_attempt_at)
+        SELECT gen_random_uuid(), d.event_id, d.channel, d.recipient, d.rule, d.priority,
+               d.traceparent, d.recipient_hash,
+               CASE WHEN d.lease IS NULL THEN 'pending' ELSE 'in_flight' END,
+               CASE WHEN d.lease IS NULL THEN 0 ELSE 1 END,
+               CASE WHEN d.lease IS NULL THEN NULL ELSE gen_random_uuid() END,
+               CASE WHEN d.lease IS NULL THEN NULL ELSE CAST(:owner AS text) END,
+               {lease_expiry("coalesce(d.lease, 0)")}
         FROM unnest(CAST(:d_events AS uuid[]), CAST(:d_channels AS text[]),
                     CAST(:d_recipients AS text[]), CAST(:d_rules AS text[]),
                     CAST(:d_priorities AS smallint[]), CAST(:d_traceparents AS text[]),
-                    CAST(:d_recipient_hashes AS bytea[]))
-             AS d(event_id, channel, recipient, rule, priority, traceparent, recipient_hash)
-        RETURNING channel
+                    CAST(:d_recipient_hashes AS bytea[]), CAST(:d_leases AS float8[]))
+             AS d(event_id, channel, recipient, rule, priority, traceparent, recipient_hash,
+                  lease)
+        RETURNING id, event_id, channel, recipient, attempts, lease_token, priority,
+                  created_at, traceparent
     ), rejected_in AS (
         INSERT INTO rejected_messages (source, reason, message, body, body_size, headers,
                                        routing_key, message_id)
@@ -76,10 +94,24 @@ _WRITE_REST = Statement.compile(
         SELECT 'message.rejected', NULL,
                jsonb_build_object('rejected_id', id, 'reason', reason, 'message_id', message_id)
         FROM rejected_in
+    ), woken AS (
+        SELECT count(*) AS n
+        FROM (SELECT pg_notify(:notify_channel, c)
+              FROM (SELECT DISTINCT channel AS c FROM deliveries_in
+                    WHERE lease_token IS NULL) AS pending) AS notified
+    ), leased_events AS (
+        -- By primary key from an array, as the claims read them: never a join that a
+        -- generic plan could turn into a scan of the whole events table.
+        SELECT id, payload FROM events
+        WHERE id = ANY(ARRAY(SELECT event_id FROM deliveries_in
+                             WHERE lease_token IS NOT NULL))
     )
-    SELECT pg_notify(:notify_channel, c)
-    FROM (SELECT DISTINCT channel AS c FROM deliveries_in) AS woken
-    """
+    SELECT l.id, l.event_id, l.channel, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, CAST(NULL AS uuid) AS replay_id, e.payload
+    FROM woken
+    LEFT JOIN (deliveries_in AS l JOIN leased_events AS e ON e.id = l.event_id)
+         ON l.lease_token IS NOT NULL
+    """  # noqa: S608 - constant SQL fragments; values are bound
 )
 
 
@@ -93,6 +125,9 @@ class BatchResult:
     rejected: int = 0
     deliveries: int = 0
     unrouted: list[UUID] = field(default_factory=list)
+    #: Slots of this replica's workers held for deliveries the batch leased (fast path):
+    #: ``start`` them after the commit, ``release`` them if it fails.
+    reservation: Reservation | None = None
 
 
 async def persist_batch(
@@ -101,11 +136,15 @@ async def persist_batch(
     *,
     max_body_bytes: int,
     recipient_key: bytes | None = None,
+    handoff: Handoff | None = None,
 ) -> BatchResult:
     """Write one batch; the caller owns the transaction (commit, then ack).
 
     With ``recipient_key``, each delivery also gets the keyed hash of its recipient that
-    the audit API searches by (``events/blind_index.py``).
+    the audit API searches by (``events/blind_index.py``). With ``handoff``, deliveries
+    its workers have slots for are inserted leased to them: the caller starts
+    ``BatchResult.reservation`` after the commit or releases it if the commit fails
+    (released here if this raises).
     """
     result = BatchResult()
     accepted, repeats, rejected = _split(batch)
@@ -145,17 +184,47 @@ async def persist_batch(
     for item, rejection in rejected:
         rejects.add(item, rejection)
     if deliveries.event_ids or audit.kinds or rejects.reasons:
-        rest: dict[str, Any] = {
-            **deliveries.params(),
-            **rejects.params(),
-            **audit.params(),
-            "notify_channel": OUTBOX_NOTIFY_CHANNEL,
-        }
-        await _WRITE_REST.fetch(conn, **rest)
+        result.reservation = await _write_rest(
+            conn, deliveries, rejects, audit, handoff
+        )
     result.stored = len(inserted)
     result.rejected = len(rejected)
     result.deliveries = len(deliveries.event_ids)
     return result
+
+
+async def _write_rest(
+    conn: Executor,
+    deliveries: "_DeliveryRows",
+    rejects: "_RejectedRows",
+    audit: "_AuditRows",
+    handoff: Handoff | None,
+) -> Reservation | None:
+    """Deliveries (leased where the workers reserved slots), rejects, audit, wake-ups."""
+    reservation = (
+        handoff.reserve(deliveries.offers())
+        if handoff is not None and deliveries.event_ids
+        else None
+    )
+    rest: dict[str, Any] = {
+        **deliveries.params(),
+        **rejects.params(),
+        **audit.params(),
+        "d_leases": [None] * len(deliveries.event_ids)
+        if reservation is None
+        else list(reservation.leases),
+        "owner": None if reservation is None else reservation.owner,
+        "notify_channel": OUTBOX_NOTIFY_CHANNEL,
+    }
+    try:
+        rows = await _WRITE_REST.fetch(conn, **rest)
+    except BaseException:
+        if reservation is not None:
+            reservation.release()
+        raise
+    if reservation is not None:
+        reservation.leased(deliveries.leased(rows))
+    return reservation
 
 
 _Pair = tuple[Incoming, Accepted]
@@ -285,6 +354,32 @@ class _DeliveryRows:
                 if self.key is None
                 else recipient_digest(self.key, r.channel, r.to)
             )
+
+    def offers(self) -> list[Offer]:
+        return [
+            Offer(c, r, p)
+            for c, r, p in zip(
+                self.channels, self.recipients, self.priorities, strict=True
+            )
+        ]
+
+    def leased(self, rows: Sequence[Any]) -> list[tuple[int, Claimed]]:
+        """The rows the insert leased, each with its position among the offers (an
+        event's recipients are distinct on each channel)."""
+        position = {
+            key: n
+            for n, key in enumerate(
+                zip(self.event_ids, self.channels, self.recipients, strict=True)
+            )
+        }
+        return [
+            (
+                position[r["event_id"], r["channel"], r["recipient"]],
+                from_row(Claimed, r),
+            )
+            for r in rows
+            if r["id"] is not None
+        ]
 
     def params(self) -> dict[str, list[Any]]:
         return {

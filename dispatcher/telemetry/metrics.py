@@ -146,7 +146,7 @@ def ingest_batch(
 
 
 class AttemptFacts(Protocol):
-    """What the metrics read of a provider try (``outbox.store.AttemptRecord``)."""
+    """What the metrics read of a provider try (``outbox.outcomes.AttemptRecord``)."""
 
     @property
     def provider(self) -> str | None: ...
