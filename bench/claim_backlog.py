@@ -27,7 +27,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dispatcher.db.migrate import upgrade
-from dispatcher.outbox.store import _CLAIM, _CLAIM_LANES
+from dispatcher.outbox.claims import _CLAIM, _CLAIM_LANES
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHY = ("endpoint-a", "endpoint-b", "endpoint-c")

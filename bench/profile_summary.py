@@ -20,7 +20,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("webhook: render, sign, aiohttp POST", ("WebhookChannel.send",)),
     ("attempt bookkeeping (outcome, records)", ("delivery/attempt.py",)),
     ("claim SQL (worker fill)", ("ChannelWorker._fill",)),
-    ("recorder SQL (outcomes, attempts)", ("Recorder._run", "outbox/store.py")),
+    ("recorder SQL (outcomes, attempts)", ("Recorder._run", "outbox/outcomes.py")),
     (
         "ingest (FastStream, parse, batch, store)",
         ("dispatcher/ingest/", "faststream/", "aio_pika/", "aiormq/", "pamqp/"),

@@ -40,6 +40,7 @@ from dispatcher.ingest.batcher import Batcher
 from dispatcher.ingest.consumer import IngestConsumer
 from dispatcher.ingest.intake import Intake
 from dispatcher.ingest.reader import MessageReader
+from dispatcher.outbox.handoff import Handoff
 from dispatcher.resilience.breaker import CircuitBreaker, TransitionHook
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.settings import Settings
@@ -63,7 +64,12 @@ def build_engine(
 class IngestService:
     """The ingest consumer, its batch writers and its acker, started and stopped together."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, *, handoff: Handoff | None = None
+    ) -> None:
+        """With ``handoff`` (this replica's ``DeliveryService.fast_path``) and
+        ``ingest.fast_path`` on, deliveries its workers have slots for are leased to them
+        as they are inserted (docs/delivery.md, "The fast path")."""
         self.settings = settings
         self.acker = Acker()
         self.batcher: Batcher[AckableMessage] = Batcher(
@@ -75,6 +81,7 @@ class IngestService:
             retry_max_delay=settings.ingest.storage_retry_max_delay,
             recipient_key=recipient_key(settings),
             queue=topology.ingest_queue(settings.queue_prefix),
+            handoff=handoff if settings.ingest.fast_path else None,
         )
         self.intake = Intake(self.batcher, build_reader(settings))
         self.broker = RabbitBroker(

@@ -58,6 +58,10 @@ class IngestSettings(BaseModel):
     delivery_limit: int = Field(default=20, ge=1, le=1000)
     #: Cap of the backoff between retries of a batch while PostgreSQL is unreachable.
     storage_retry_max_delay: float = Field(default=5.0, gt=0, le=60)
+    #: Lease new deliveries to this replica's channel workers in the transaction that
+    #: inserts them, as many as they have free slots for, and send them without a claim
+    #: (docs/delivery.md, "The fast path"). Off: every delivery waits to be claimed.
+    fast_path: bool = True
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -61,11 +61,17 @@ def serve_services(
         worker_probes,
     )
 
-    ingest = IngestService(cfg, engine)
+    delivery = (
+        build_delivery(cfg, engine)
+        if not ingest_only and channel_configs(cfg)
+        else None
+    )
+    ingest = IngestService(
+        cfg, engine, handoff=delivery.fast_path if delivery is not None else None
+    )
     built: list[Service] = [ingest]
     probes: list[ComponentProbe] = [ingest.probe]
-    if not ingest_only and channel_configs(cfg):
-        delivery = build_delivery(cfg, engine)
+    if delivery is not None:
         built.append(delivery)
         probes += worker_probes(delivery)
     elif not ingest_only:

@@ -176,7 +176,7 @@ class Delivery(Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('pending','in_flight')"),
         ),
-        # Webhook claims visit each endpoint with room (``outbox/store.py``): a blocked
+        # Webhook claims visit each endpoint with room (``outbox/claims.py``): a blocked
         # endpoint's backlog is never read.
         Index(
             "ix_deliveries_webhook_lanes",

@@ -21,7 +21,8 @@ from dispatcher.errors import (
     TransientDeliveryError,
 )
 from dispatcher.events.kinds import ChannelKind, Severity
-from dispatcher.outbox.store import AttemptRecord, Claimed, Outcome
+from dispatcher.outbox.claims import Claimed
+from dispatcher.outbox.outcomes import AttemptRecord, Outcome
 from dispatcher.resilience.retry import (
     DeadLetter,
     DeadLetterReason,

@@ -29,7 +29,7 @@ from dispatcher.db.kept import KeptConnection
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox.mirror import mark_mirrored, unmirrored
-from dispatcher.outbox.store import DeadLettered
+from dispatcher.outbox.outcomes import DeadLettered
 
 log = structlog.get_logger("dispatcher.delivery")
 

@@ -29,7 +29,7 @@ from dispatcher.errors import PublishError
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.outbox import dead
 from dispatcher.outbox.mirror import absent, mark_mirrored, still_dead
-from dispatcher.outbox.store import DeadLettered
+from dispatcher.outbox.outcomes import DeadLettered
 
 log = structlog.get_logger("dispatcher.delivery")
 

@@ -23,7 +23,7 @@ from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.errors import DispatcherError, StorageConflict, StorageUnavailable
-from dispatcher.outbox.store import (
+from dispatcher.outbox.outcomes import (
     Applied,
     AuditNote,
     DeadLettered,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.delivery.fastpath import FastPath
 from dispatcher.delivery.mirror import DeadLetterMirror
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
@@ -57,6 +58,8 @@ class DeliveryService:
             )
             for kind, (providers, settings) in channels.items()
         }
+        #: Ingest's hand-off to these workers (``IngestService(handoff=...)``).
+        self.fast_path = FastPath(self.workers, owner)
 
     async def start(self) -> None:
         if self._mirror is not None:

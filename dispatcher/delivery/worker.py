@@ -8,9 +8,9 @@ wait for a free slot.
 
 import asyncio
 import contextlib
+import contextvars
 import random
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -22,9 +22,10 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
-from dispatcher.outbox.store import Claimed, claim
+from dispatcher.outbox.claims import Claimed, claim
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.telemetry import metrics, tracing
@@ -56,14 +57,10 @@ class ChannelWorker:
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
-        self._concurrency = settings.concurrency
-        self._reserve = min(settings.critical_reserve, settings.concurrency - 1)
+        self._slots = Slots(settings.concurrency, settings.critical_reserve)
         self._wakeup = wakeup
         self._owner = owner
         self._rand = rand
-        #: Task -> (priority, recipient) of the delivery it attempts.
-        self._inflight: dict[asyncio.Task[None], tuple[int, str]] = {}
-        self._per_recipient: Counter[str] = Counter()
         self._slot_freed = asyncio.Event()
         #: Set by the last fill when it had to leave due rows behind for want of a slot:
         #: every slot (or every general slot) taken.
@@ -80,12 +77,16 @@ class ChannelWorker:
         self._backlog_priority: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: A claim statement is running: it counts the slots without new reservations.
+        self._claiming = False
         #: Claim statements run so far; for tests and metrics.
         self.claims = 0
+        #: Rows started on the fast path (leased by ingest's insert), not by a claim.
+        self.fast = 0
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._slots.inflight)
 
     @property
     def alive(self) -> bool:
@@ -107,8 +108,12 @@ class ChannelWorker:
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._inflight:
-            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+        # Inserts already holding slots commit (their rows are launched) or fail.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._slots.settled()
+        if self._slots.inflight:
+            _done, pending = await asyncio.wait(self._slots.inflight, timeout=grace)
             for task in pending:
                 task.cancel()  # their leases expire and the rows are claimed again
             if pending:
@@ -147,7 +152,7 @@ class ChannelWorker:
             if claimed and full:
                 # A full batch: more may be due right now. Claim them now if enough slots
                 # are free, else once enough have freed (not one claim per slot).
-                if self._concurrency - len(self._inflight) >= self._refill:
+                if self._slots.free() >= self._refill:
                     continue
                 self._short_of_slots = True
             await self._wait()
@@ -203,13 +208,12 @@ class ChannelWorker:
             not self._stopping
             and self._short_of_slots
             and self._backlog_priority == _CRITICAL
-            and self._concurrency - len(self._inflight) < self._refill
+            and self._slots.free() < self._refill
         )
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
-        free = self._concurrency - len(self._inflight)
-        general = self._concurrency - self._reserve - self._general_inflight()
+        free, general = self._slots.free(), self._slots.general_free()
         self._short_of_slots = free <= 0 or general <= 0
         if free <= 0 or self._providers.all_open_until() is not None:
             return 0, False
@@ -223,23 +227,25 @@ class ChannelWorker:
         # short of slots can ask for the next one.
         self._slot_freed.clear()
         self._capped = frozenset()
-        with wrap_db_errors():
-            rows, considered, capped = await claim(
-                await self._link.driver(),
-                self.kind.value,
-                limit=limit,
-                lease_seconds=self._settings.lease_seconds,
-                owner=self._owner,
-                blocked=self._providers.blocked_recipients(),
-                max_priority=max_priority,
-                cap=self._settings.max_inflight_per_recipient,
-                in_flight=self._per_recipient,
-            )
+        self._claiming = True
+        try:
+            with wrap_db_errors():
+                rows, considered, capped = await claim(
+                    await self._link.driver(),
+                    self.kind.value,
+                    limit=limit,
+                    lease_seconds=self._settings.lease_seconds,
+                    owner=self._owner,
+                    blocked=self._providers.blocked_recipients(),
+                    max_priority=max_priority,
+                    cap=self._settings.max_inflight_per_recipient,
+                    in_flight=self._slots.per_recipient,
+                )
+        finally:
+            self._claiming = False
         for row in rows:
-            task = asyncio.create_task(self._attempt(row))
-            self._inflight[task] = (row.priority, row.recipient)
-            self._per_recipient[row.recipient] += 1
-            task.add_done_callback(self._finished)
+            self._slots.per_recipient[row.recipient] += 1
+            self._launch(row)
         # What the claim left behind, not what is in flight now: attempts that ended
         # during the claim may have taken a recipient below its cap although its rows
         # still wait. Their room counts now, so they may start the next claim at once.
@@ -255,29 +261,98 @@ class ChannelWorker:
             self._backlog_priority = rows[-1].priority
         return len(rows), full
 
+    def reserve(self, offers: Sequence[tuple[str, int]]) -> list[int]:
+        """Slots for new rows ``(recipient, priority)`` of this channel: the positions
+        taken, most urgent first, by the rules of a claim. Never waits.
+
+        A claim's rules: reserved slots take only critical rows, a recipient gets at most
+        its room under the cap, a blocked recipient (breaker open) or a channel whose every
+        provider is open gets none. Rows already waiting for slots go first: while the
+        last fill or reservation left rows behind for want of a slot, only more urgent
+        ones are taken, and rows of a recipient the last claim left behind at its cap wait
+        with them. None while a claim runs (it counts the slots without these), while
+        outcomes are not being recorded, or when the worker is not running. Each slot
+        held must be ``launch``ed or ``unreserve``d.
+        """
+        if (
+            not self.alive
+            or self._claiming
+            or self._recorder.stalled()
+            or self._providers.all_open_until() is not None
+        ):
+            return []
+        cap = self._settings.max_inflight_per_recipient
+        skip = {*self._providers.blocked_recipients(), *self._capped}
+        ceiling = LEAST_URGENT
+        if self._short_of_slots:
+            known = self._backlog_priority
+            ceiling = _CRITICAL if known is None else known - 1
+        taken: list[int] = []
+        short: int | None = None
+        for n in sorted(range(len(offers)), key=lambda n: offers[n][1]):
+            recipient, priority = offers[n]
+            if priority > ceiling or recipient in skip:
+                continue
+            if self._slots.free() <= 0 or (
+                priority > _CRITICAL and self._slots.general_free() <= 0
+            ):
+                short = priority if short is None else min(short, priority)
+                continue
+            if cap is not None and self._slots.per_recipient[recipient] >= cap:
+                self._capped |= {recipient}
+                continue
+            self._slots.hold(priority, recipient)
+            taken.append(n)
+        if short is not None:
+            # As a fill that found no slot: the rows wait, and freed slots claim them.
+            known = self._backlog_priority
+            self._short_of_slots = True
+            self._backlog_priority = short if known is None else min(known, short)
+        return taken
+
+    def launch(self, row: Claimed) -> None:
+        """Attempt a row the fast path leased, in the slot ``reserve`` held for it."""
+        self._slots.unhold(row.priority)
+        self.fast += 1
+        self._launch(row)
+
+    def unreserve(self, recipient: str, priority: int) -> None:
+        """Give back a slot ``reserve`` held: its row was not leased to this worker."""
+        self._slots.unhold(priority)
+        self._slots.release(recipient)
+        self._freed(recipient)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._settings.lease_seconds
+
+    def _launch(self, row: Claimed) -> None:
+        """Attempt a leased row in a slot; its recipient is already counted. In a context
+        of its own: a fast-path row is launched from ingest's batch (its span, its log
+        context), a claimed one from the claim loop, and both must run alike."""
+        task = asyncio.create_task(self._attempt(row), context=contextvars.Context())
+        self._slots.start(task, row.priority, row.recipient)
+        task.add_done_callback(self._finished)
+
     def _room(self, recipient: str) -> int:
         cap = self._settings.max_inflight_per_recipient
-        return 0 if cap is None else cap - self._per_recipient[recipient]
-
-    def _general_inflight(self) -> int:
-        return sum(1 for p, _ in self._inflight.values() if p > _CRITICAL)
+        return 0 if cap is None else cap - self._slots.per_recipient[recipient]
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        _, recipient = self._inflight.pop(task, (0, ""))
-        self._per_recipient[recipient] -= 1
-        if self._per_recipient[recipient] <= 0:
-            del self._per_recipient[recipient]
-        if (
-            self._short_of_slots
-            and self._concurrency - len(self._inflight) >= self._refill
-        ) or (recipient in self._capped and self._room(recipient) >= self._cap_refill):
-            self._slot_freed.set()
+        self._freed(self._slots.finish(task))
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "dispatcher.delivery.worker_bug",
                 channel=self.kind.value,
                 error_type=type(task.exception()).__name__,
             )
+
+    def _freed(self, recipient: str) -> None:
+        """A slot of ``recipient`` is free again: wake the claim rows wait for."""
+        if (self._short_of_slots and self._slots.free() >= self._refill) or (
+            recipient in self._capped and self._room(recipient) >= self._cap_refill
+        ):
+            self._slot_freed.set()
 
     async def _attempt(self, row: Claimed) -> None:
         channel = self.kind.value

@@ -37,6 +37,7 @@ from dispatcher.errors import StorageConflict, StorageFault, StorageUnavailable
 from dispatcher.events.rejection import Rejection, RejectReason
 from dispatcher.ingest.incoming import Incoming
 from dispatcher.ingest.store import BatchResult, persist_batch
+from dispatcher.outbox.handoff import Handoff
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.telemetry import metrics, tracing
 
@@ -100,6 +101,7 @@ class Batcher(Generic[T]):
         retry_max_delay: float = 5.0,
         recipient_key: bytes | None = None,
         queue: str = "ingest",
+        handoff: Handoff | None = None,
     ) -> None:
         self._engine = engine
         self._on_commit = on_commit
@@ -107,6 +109,9 @@ class Batcher(Generic[T]):
         self._max_body = max_body_bytes
         self._retry_max_delay = retry_max_delay
         self._recipient_key = recipient_key
+        #: This replica's channel workers, for the fast path (None: every delivery is
+        #: inserted pending, for the claims).
+        self._handoff = handoff
         #: The queue its messages come from, as ingest spans name it.
         self.queue = queue
         self._lanes: list[_Lane[T]] = [_Lane() for _ in range(writers)]
@@ -280,14 +285,7 @@ class Batcher(Generic[T]):
         suspect = 0
         while True:
             try:
-                with wrap_db_errors():
-                    async with link.watched() as conn, conn.transaction():
-                        result = await persist_batch(
-                            conn,
-                            items,
-                            max_body_bytes=self._max_body,
-                            recipient_key=self._recipient_key,
-                        )
+                result = await self._commit(items, link)
             except StorageConflict as exc:
                 raise _Refused(
                     "PostgreSQL refused the event although it validated",
@@ -332,6 +330,29 @@ class Batcher(Generic[T]):
                 log.info("dispatcher.ingest.storage_recovered")
             self._account(result, items)
             return
+
+    async def _commit(self, items: list[Incoming], link: KeptConnection) -> BatchResult:
+        """Write in one transaction. Deliveries leased to this replica's workers (the fast
+        path) are handed to them once it has committed; their slots are given back if it
+        has not."""
+        result: BatchResult | None = None
+        try:
+            with wrap_db_errors():
+                async with link.watched() as conn, conn.transaction():
+                    result = await persist_batch(
+                        conn,
+                        items,
+                        max_body_bytes=self._max_body,
+                        recipient_key=self._recipient_key,
+                        handoff=self._handoff,
+                    )
+        except BaseException:
+            if result is not None and result.reservation is not None:
+                result.reservation.release()
+            raise
+        if result.reservation is not None:
+            result.reservation.start()
+        return result
 
     async def _answers(self, link: KeptConnection) -> bool:
         """Whether PostgreSQL runs a query right now (on a fresh connection)."""

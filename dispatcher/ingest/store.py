@@ -2,14 +2,15 @@
 
 Two or three round trips per batch whatever its size: insert the events, look up the
 digests of the ones that already existed (rare), then write deliveries, audit entries and
-rejected messages in one statement and wake the channel workers.
+rejected messages in one statement and wake the channel workers. Deliveries this
+replica's workers have free slots for are leased to them in that statement (the fast path,
+``outbox/handoff.py``) and need no wake-up and no claim.
 
 This is the hot path, so it drives the asyncpg connection directly (SQLAlchemy's execution
 layer cost more CPU per batch than the statements' own encoding); the SQL keeps named
 parameters for readability and is turned into asyncpg's ``$n`` form once, at import.
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,12 @@ from uuid import UUID
 
 from dispatcher.db.models import AuditKind
 from dispatcher.db.sql import Executor, Statement
-from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL, lease_expiry
+from dispatcher.outbox.handoff import Handoff, Reservation
+
+from .columns import AuditRows, DeliveryRows, RejectedRows, event_params
 
 _INSERT_EVENTS = Statement.compile(
     """
@@ -44,18 +47,33 @@ _EXISTING_DIGESTS = Statement.compile(
     "SELECT id, digest FROM events WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
+#: Deliveries with a ``lease`` (the fast path: a slot of this replica's worker is reserved
+#: for them) are inserted leased to ``:owner`` exactly as a claim leases a row
+#: (``outbox/claims.py``): ``in_flight``, attempt 1, a new token, expiry = lease; the
+#: others pending and due now. Only channels with pending rows are notified. The leased
+#: rows come back with their event's payload, as a claim returns them; one row of NULLs
+#: when none was leased.
 _WRITE_REST = Statement.compile(
-    """
+    f"""
     WITH deliveries_in AS (
         INSERT INTO deliveries (id, event_id, channel, recipient, rule, priority, traceparent,
-                                recipient_hash)
-        SELECT gen_random_uuid(), d.*
+                                recipient_hash, status, attempts, lease_token, lease_owner,
+                                next_attempt_at)
+        SELECT gen_random_uuid(), d.event_id, d.channel, d.recipient, d.rule, d.priority,
+               d.traceparent, d.recipient_hash,
+               CASE WHEN d.lease IS NULL THEN 'pending' ELSE 'in_flight' END,
+               CASE WHEN d.lease IS NULL THEN 0 ELSE 1 END,
+               CASE WHEN d.lease IS NULL THEN NULL ELSE gen_random_uuid() END,
+               CASE WHEN d.lease IS NULL THEN NULL ELSE CAST(:owner AS text) END,
+               {lease_expiry("coalesce(d.lease, 0)")}
         FROM unnest(CAST(:d_events AS uuid[]), CAST(:d_channels AS text[]),
                     CAST(:d_recipients AS text[]), CAST(:d_rules AS text[]),
                     CAST(:d_priorities AS smallint[]), CAST(:d_traceparents AS text[]),
-                    CAST(:d_recipient_hashes AS bytea[]))
-             AS d(event_id, channel, recipient, rule, priority, traceparent, recipient_hash)
-        RETURNING channel
+                    CAST(:d_recipient_hashes AS bytea[]), CAST(:d_leases AS float8[]))
+             AS d(event_id, channel, recipient, rule, priority, traceparent, recipient_hash,
+                  lease)
+        RETURNING id, event_id, channel, recipient, attempts, lease_token, priority,
+                  created_at, traceparent
     ), rejected_in AS (
         INSERT INTO rejected_messages (source, reason, message, body, body_size, headers,
                                        routing_key, message_id)
@@ -76,10 +94,24 @@ _WRITE_REST = Statement.compile(
         SELECT 'message.rejected', NULL,
                jsonb_build_object('rejected_id', id, 'reason', reason, 'message_id', message_id)
         FROM rejected_in
+    ), woken AS (
+        SELECT count(*) AS n
+        FROM (SELECT pg_notify(:notify_channel, c)
+              FROM (SELECT DISTINCT channel AS c FROM deliveries_in
+                    WHERE lease_token IS NULL) AS pending) AS notified
+    ), leased_events AS (
+        -- By primary key from an array, as the claims read them: never a join that a
+        -- generic plan could turn into a scan of the whole events table.
+        SELECT id, payload FROM events
+        WHERE id = ANY(ARRAY(SELECT event_id FROM deliveries_in
+                             WHERE lease_token IS NOT NULL))
     )
-    SELECT pg_notify(:notify_channel, c)
-    FROM (SELECT DISTINCT channel AS c FROM deliveries_in) AS woken
-    """
+    SELECT l.id, l.event_id, l.channel, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, CAST(NULL AS uuid) AS replay_id, e.payload
+    FROM woken
+    LEFT JOIN (deliveries_in AS l JOIN leased_events AS e ON e.id = l.event_id)
+         ON l.lease_token IS NOT NULL
+    """  # noqa: S608 - constant SQL fragments; values are bound
 )
 
 
@@ -93,6 +125,9 @@ class BatchResult:
     rejected: int = 0
     deliveries: int = 0
     unrouted: list[UUID] = field(default_factory=list)
+    #: Slots of this replica's workers held for deliveries the batch leased (fast path):
+    #: ``start`` them after the commit, ``release`` them if it fails.
+    reservation: Reservation | None = None
 
 
 async def persist_batch(
@@ -101,11 +136,15 @@ async def persist_batch(
     *,
     max_body_bytes: int,
     recipient_key: bytes | None = None,
+    handoff: Handoff | None = None,
 ) -> BatchResult:
     """Write one batch; the caller owns the transaction (commit, then ack).
 
     With ``recipient_key``, each delivery also gets the keyed hash of its recipient that
-    the audit API searches by (``events/blind_index.py``).
+    the audit API searches by (``events/blind_index.py``). With ``handoff``, deliveries
+    its workers have slots for are inserted leased to them: the caller starts
+    ``BatchResult.reservation`` after the commit or releases it if the commit fails
+    (released here if this raises).
     """
     result = BatchResult()
     accepted, repeats, rejected = _split(batch)
@@ -113,11 +152,11 @@ async def persist_batch(
     if accepted:
         # In id order: two transactions (replicas) inserting some of the same ids lock
         # them in the same order, so one waits for the other instead of deadlocking.
-        params = _event_params(accepted[event_id] for event_id in sorted(accepted))
+        params = event_params(accepted[event_id] for event_id in sorted(accepted))
         rows = await _INSERT_EVENTS.fetch(conn, **params)
         inserted = {row["id"] for row in rows}
-    audit = _AuditRows()
-    deliveries = _DeliveryRows(recipient_key)
+    audit = AuditRows()
+    deliveries = DeliveryRows(recipient_key)
     for event_id in inserted:
         item, acc = accepted[event_id]
         deliveries.add(acc, item)
@@ -141,21 +180,51 @@ async def persist_batch(
             _audit_repeat(
                 audit, result, item, acc, known.get(acc.parsed.event.event_id)
             )
-    rejects = _RejectedRows(max_body_bytes)
+    rejects = RejectedRows(max_body_bytes)
     for item, rejection in rejected:
         rejects.add(item, rejection)
     if deliveries.event_ids or audit.kinds or rejects.reasons:
-        rest: dict[str, Any] = {
-            **deliveries.params(),
-            **rejects.params(),
-            **audit.params(),
-            "notify_channel": OUTBOX_NOTIFY_CHANNEL,
-        }
-        await _WRITE_REST.fetch(conn, **rest)
+        result.reservation = await _write_rest(
+            conn, deliveries, rejects, audit, handoff
+        )
     result.stored = len(inserted)
     result.rejected = len(rejected)
     result.deliveries = len(deliveries.event_ids)
     return result
+
+
+async def _write_rest(
+    conn: Executor,
+    deliveries: "DeliveryRows",
+    rejects: "RejectedRows",
+    audit: "AuditRows",
+    handoff: Handoff | None,
+) -> Reservation | None:
+    """Deliveries (leased where the workers reserved slots), rejects, audit, wake-ups."""
+    reservation = (
+        handoff.reserve(deliveries.offers())
+        if handoff is not None and deliveries.event_ids
+        else None
+    )
+    rest: dict[str, Any] = {
+        **deliveries.params(),
+        **rejects.params(),
+        **audit.params(),
+        "d_leases": [None] * len(deliveries.event_ids)
+        if reservation is None
+        else list(reservation.leases),
+        "owner": None if reservation is None else reservation.owner,
+        "notify_channel": OUTBOX_NOTIFY_CHANNEL,
+    }
+    try:
+        rows = await _WRITE_REST.fetch(conn, **rest)
+    except BaseException:
+        if reservation is not None:
+            reservation.release()
+        raise
+    if reservation is not None:
+        reservation.leased(deliveries.leased(rows))
+    return reservation
 
 
 _Pair = tuple[Incoming, Accepted]
@@ -180,7 +249,7 @@ def _split(
 
 
 def _audit_received(
-    audit: "_AuditRows", result: BatchResult, item: Incoming, acc: Accepted
+    audit: "AuditRows", result: BatchResult, item: Incoming, acc: Accepted
 ) -> None:
     event_id = acc.parsed.event.event_id
     detail: dict[str, Any] = {"deliveries": len(acc.routes)}
@@ -194,7 +263,7 @@ def _audit_received(
 
 
 def _audit_repeat(
-    audit: "_AuditRows",
+    audit: "AuditRows",
     result: BatchResult,
     item: Incoming,
     acc: Accepted,
@@ -212,161 +281,3 @@ def _audit_repeat(
         result.conflicts += 1
         detail["digest"] = acc.parsed.digest.hex()
         audit.add(AuditKind.EVENT_CONFLICT, acc.parsed.event.event_id, detail)
-
-
-def _event_params(pairs: Any) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "ids",
-            "types",
-            "severities",
-            "occurred",
-            "subjects",
-            "correlations",
-            "payloads",
-            "digests",
-            "traceparents",
-            "tracestates",
-            "delivery_counts",
-        )
-    }
-    for item, acc in pairs:
-        event = acc.parsed.event
-        cols["ids"].append(event.event_id)
-        cols["types"].append(event.type)
-        cols["severities"].append(event.severity.value)
-        cols["occurred"].append(event.occurred_at)
-        cols["subjects"].append(event.subject.id)
-        cols["correlations"].append(event.correlation_id)
-        cols["payloads"].append(acc.parsed.canonical)
-        cols["digests"].append(acc.parsed.digest)
-        cols["traceparents"].append(item.traceparent)
-        cols["tracestates"].append(item.tracestate)
-        cols["delivery_counts"].append(len(acc.routes))
-    return cols
-
-
-class _DeliveryRows:
-    __slots__ = (
-        "channels",
-        "event_ids",
-        "hashes",
-        "key",
-        "priorities",
-        "recipients",
-        "rules",
-        "traceparents",
-    )
-
-    def __init__(self, key: bytes | None) -> None:
-        self.key = key
-        self.hashes: list[bytes | None] = []
-        self.event_ids: list[UUID] = []
-        self.channels: list[str] = []
-        self.recipients: list[str] = []
-        self.rules: list[str | None] = []
-        self.priorities: list[int] = []
-        self.traceparents: list[str | None] = []
-
-    def add(self, acc: Accepted, item: Incoming) -> None:
-        event = acc.parsed.event
-        priority = event.severity.priority
-        traceparent = item.traceparent
-        for r in acc.routes:
-            self.event_ids.append(event.event_id)
-            self.channels.append(r.channel.value)
-            self.recipients.append(r.to)
-            self.rules.append(r.rule)
-            self.priorities.append(priority)
-            self.traceparents.append(traceparent)
-            self.hashes.append(
-                None
-                if self.key is None
-                else recipient_digest(self.key, r.channel, r.to)
-            )
-
-    def params(self) -> dict[str, list[Any]]:
-        return {
-            "d_events": self.event_ids,
-            "d_channels": self.channels,
-            "d_recipients": self.recipients,
-            "d_rules": self.rules,
-            "d_priorities": self.priorities,
-            "d_traceparents": self.traceparents,
-            "d_recipient_hashes": self.hashes,
-        }
-
-
-class _AuditRows:
-    __slots__ = ("details", "event_ids", "kinds")
-
-    def __init__(self) -> None:
-        self.kinds: list[str] = []
-        self.event_ids: list[UUID | None] = []
-        self.details: list[str] = []
-
-    def add(
-        self, kind: AuditKind, event_id: UUID | None, detail: dict[str, Any]
-    ) -> None:
-        self.kinds.append(kind.value)
-        self.event_ids.append(event_id)
-        self.details.append(json.dumps(detail))
-
-    def params(self) -> dict[str, list[Any]]:
-        return {
-            "a_kinds": self.kinds,
-            "a_events": self.event_ids,
-            "a_details": self.details,
-        }
-
-
-class _RejectedRows:
-    __slots__ = (
-        "bodies",
-        "headers",
-        "max_body",
-        "message_ids",
-        "messages",
-        "reasons",
-        "routing_keys",
-        "sizes",
-        "sources",
-    )
-
-    def __init__(self, max_body: int) -> None:
-        self.max_body = max_body
-        self.sources: list[str] = []
-        self.reasons: list[str] = []
-        self.messages: list[str] = []
-        self.bodies: list[bytes] = []
-        self.sizes: list[int] = []
-        self.headers: list[str] = []
-        self.routing_keys: list[str | None] = []
-        self.message_ids: list[str | None] = []
-
-    def add(self, item: Incoming, rejection: Rejection) -> None:
-        self.sources.append(item.source.value)
-        self.reasons.append(rejection.reason.value)
-        self.messages.append(rejection.message)
-        self.bodies.append(item.body[: self.max_body])
-        self.sizes.append(len(item.body))
-        self.headers.append(item.headers_json())
-        self.routing_keys.append(_clean(item.routing_key))
-        self.message_ids.append(_clean(item.message_id))
-
-    def params(self) -> dict[str, list[Any]]:
-        return {
-            "r_sources": self.sources,
-            "r_reasons": self.reasons,
-            "r_messages": self.messages,
-            "r_bodies": self.bodies,
-            "r_sizes": self.sizes,
-            "r_headers": self.headers,
-            "r_routing_keys": self.routing_keys,
-            "r_message_ids": self.message_ids,
-        }
-
-
-def _clean(value: str | None) -> str | None:
-    return None if value is None else value[:256].replace("\x00", "\ufffd")

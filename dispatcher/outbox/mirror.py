@@ -6,7 +6,7 @@ from uuid import UUID
 
 from dispatcher.db.models import DeliveryStatus
 from dispatcher.db.sql import Executor, Statement, from_row
-from dispatcher.outbox.store import DeadLettered
+from dispatcher.outbox.outcomes import DeadLettered
 
 #: Oldest first. ``grace`` leaves the recorder's own publish of a fresh dead letter alone.
 #: Run inside the sweep's transaction, the row locks keep other replicas' sweeps off these

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from dispatcher.db.sql import Executor, Statement
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
 from dispatcher.outbox.dead import skip_reason
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
 
 #: Requeue (or skip, with the reason) up to ``limit`` waiting items, most urgent first (the
 #: order frozen with them: ``ix_replay_items_order`` reads only the batch);

@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from dispatcher.db.connection import CONNECT_TIMEOUT, connect_options
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
 from dispatcher.resilience.backoff import Backoff
 
 log = structlog.get_logger("dispatcher.outbox")

@@ -42,7 +42,7 @@ REGISTRY = _Registry()
 
 
 class AttemptFacts(Protocol):
-    """What the metrics read of a provider try (``outbox.store.AttemptRecord``)."""
+    """What the metrics read of a provider try (``outbox.outcomes.AttemptRecord``)."""
 
     @property
     def provider(self) -> str | None: ...

@@ -1,4 +1,5 @@
-"""Delivery across real processes: two replicas on one stream, and a replica killed mid-send."""
+"""Delivery across real processes: two replicas on one stream, a replica killed mid-send,
+and one killed between the commit of its fast-path leases and their sends."""
 
 import asyncio
 import os
@@ -20,6 +21,7 @@ from dispatcher.sinks.webhook import WebhookSink
 from tests.acceptance.faults import Dispatcher, Start
 from tests.acceptance.test_ingest_faults import env_for
 from tests.delivery.harness import Stack, event_to, webhook_channel
+from tests.tcp_relay import TcpRelay
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [
@@ -32,8 +34,9 @@ pytestmark = [
 ENDPOINTS = ("crisis-line", "safety-monitor", "case-system")
 
 
-def write_config(path: Path, sink: WebhookSink, **overrides: Any) -> Path:
-    channel = webhook_channel(sink.url, ENDPOINTS, **overrides)
+def write_config(path: Path, url_for: Callable[[str], str], **overrides: Any) -> Path:
+    """The webhook channel with ``ENDPOINTS`` at ``url_for(path)`` (e.g. ``sink.url``)."""
+    channel = webhook_channel(url_for, ENDPOINTS, **overrides)
     channel["allow_private_networks"] = ["127.0.0.0/8"]
     path.write_text(yaml.safe_dump({"channels": {"webhook": channel}}))
     return path
@@ -66,7 +69,7 @@ async def test_two_replicas_on_one_stream_never_send_a_delivery_twice(
     async with WebhookSink(seed=7) as sink:
         for name in ENDPOINTS:
             sink.flaky(f"/{name}", 0.2)  # retries too, not only first tries
-        config = write_config(tmp_path / "config.yaml", sink)
+        config = write_config(tmp_path / "config.yaml", sink.url)
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
         replicas = [await start(env, tmp_path / f"replica-{n}.log") for n in (1, 2)]
         events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(300)]
@@ -98,7 +101,7 @@ async def test_replica_killed_mid_delivery_duplicates_only_inside_the_window(
             sink.trickle(f"/{name}", size=3, interval=0.1)
         config = write_config(
             tmp_path / "config.yaml",
-            sink,
+            sink.url,
             lease_seconds=3.0,
             deadline_seconds=2.0,
             concurrency=8,
@@ -136,7 +139,7 @@ async def test_ingest_and_one_channel_run_as_separate_processes(
 ) -> None:
     """`serve --ingest-only` stores; `worker --channel webhook` delivers webhooks only."""
     async with WebhookSink() as sink:
-        config = yaml.safe_load(write_config(tmp_path / "c.yaml", sink).read_text())
+        config = yaml.safe_load(write_config(tmp_path / "c.yaml", sink.url).read_text())
         config["channels"]["email"] = {
             "enabled": True,
             "providers": [
@@ -213,7 +216,7 @@ async def test_a_worker_serves_its_metrics_on_the_metrics_port(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     async with WebhookSink() as sink:
-        config = write_config(tmp_path / "config.yaml", sink)
+        config = write_config(tmp_path / "config.yaml", sink.url)
         env = {**env_for(names, database), "DISPATCHER_CONFIG": str(config)}
         processes = [
             Dispatcher(env, tmp_path / "ingest.log", ["serve", "--ingest-only"]),
@@ -250,3 +253,68 @@ async def test_a_worker_serves_its_metrics_on_the_metrics_port(
             for process in processes:
                 process.close()
     assert "dispatcher_delivery_attempts_total" in page
+
+
+async def test_replica_killed_after_commit_has_its_fast_path_rows_sent_by_another(
+    start: Start,
+    make_settings: Callable[..., Any],
+    database: str,
+    engine: AsyncEngine,
+    names: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Rows leased to a replica on insert, none sent when it is SIGKILLed, are sent once
+    by another replica after the lease runs out."""
+    lease = 4.0
+    async with WebhookSink() as sink, TcpRelay("127.0.0.1", sink.port) as relay:
+        # The first replica reaches the endpoints through a path that accepts
+        # connections and drops every byte: its attempts start and send nothing.
+        relay.blackhole()
+        settings = {
+            "lease_seconds": lease,
+            "deadline_seconds": 3.0,
+            "poll_interval": 0.2,
+        }
+        cut = write_config(
+            tmp_path / "cut.yaml",
+            lambda p: f"http://127.0.0.1:{relay.port}{p}",
+            **settings,
+        )
+        config = write_config(tmp_path / "config.yaml", sink.url, **settings)
+        env = env_for(names, database)
+        first = await start(
+            {**env, "DISPATCHER_CONFIG": str(cut)},
+            tmp_path / "first.log",
+        )
+        events = [event_to(*[("webhook", n) for n in ENDPOINTS]) for _ in range(3)]
+        await Stack(make_settings(database), engine, deliver=False).publish(*events)
+
+        async def leased() -> list[Any] | NotYet:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT * FROM deliveries"))).all()
+            on_insert = [
+                r
+                for r in rows
+                if r.status == "in_flight" and r.updated_at == r.created_at
+            ]
+            return on_insert if len(on_insert) == 9 else NotYet(len(on_insert))
+
+        rows = await wait_for(leased, "9 rows leased on insert", timeout=30)
+        first.signal(signal.SIGKILL)
+        await asyncio.to_thread(first.wait, 10)
+        assert sink.received == []
+        await start({**env, "DISPATCHER_CONFIG": str(config)}, tmp_path / "second.log")
+        assert await wait_delivered(engine, 9, timeout=60) == 9
+        async with engine.connect() as conn:
+            after = {
+                r.id: r
+                for r in (await conn.execute(text("SELECT * FROM deliveries"))).all()
+            }
+    assert len(sink.accepted) == 9
+    assert sink.duplicates() == []
+    owners = {r.lease_owner for r in rows}
+    assert len(owners) == 1
+    for row in rows:
+        # Not before the dead replica's lease ran out; its attempt left no record.
+        assert after[row.id].delivered_at >= row.next_attempt_at
+        assert after[row.id].attempts == 2

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.db.engine import create_engine
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.telemetry import tracing
@@ -43,6 +44,14 @@ def stack(
         return Stack(settings, engine, deliver=deliver)
 
     return make
+
+
+@pytest.fixture
+async def roomy_engine(database: str) -> AsyncIterator[AsyncEngine]:
+    """Two replicas and ingest at once need more than the default fixture's pool."""
+    engine = create_engine(database, pool_size=12)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -110,11 +110,15 @@ class Stack:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.ingest = IngestService(settings, engine)
         self.delivery: DeliveryService | None = (
             build_delivery(settings, engine, only=None if only is None else set(only))
             if deliver
             else None
+        )
+        self.ingest = IngestService(
+            settings,
+            engine,
+            handoff=None if self.delivery is None else self.delivery.fast_path,
         )
         self._stack = AsyncExitStack()
 

@@ -9,7 +9,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,8 @@ from dispatcher.db.models import DeliveryStatus
 from dispatcher.delivery.breaker_audit import BreakerAudit
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.service import DeliveryService
-from dispatcher.outbox.store import AttemptRecord, Outcome, claim, complete
+from dispatcher.outbox.claims import claim
+from dispatcher.outbox.outcomes import AttemptRecord, Outcome, complete
 from dispatcher.settings import Settings
 from dispatcher.sinks.smtp import SmtpSink
 from dispatcher.sinks.twilio import TwilioSink
@@ -119,14 +120,6 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def roomy_engine(database: str) -> AsyncIterator[AsyncEngine]:
-    """Two replicas and ingest at once need more than the default fixture's pool."""
-    engine = create_engine(database, pool_size=10)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from dispatcher.delivery.mirror import DeadLetterMirror
-from dispatcher.outbox.store import DeadLettered
+from dispatcher.outbox.outcomes import DeadLettered
 from tests.conftest import AMQP_URL
 from tests.integration.test_outbox_store import seed, seed_many
 from tests.waiting import wait_for

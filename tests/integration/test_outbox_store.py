@@ -11,16 +11,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.models import DeliveryStatus
-from dispatcher.outbox.status import breaker_status, queue_status
-from dispatcher.outbox.store import (
-    _CLAIM_LANES,
+from dispatcher.outbox.claims import _CLAIM_LANES, claim
+from dispatcher.outbox.outcomes import (
     AttemptRecord,
     AuditNote,
     Outcome,
-    claim,
     complete,
     renew,
 )
+from dispatcher.outbox.status import breaker_status, queue_status
 from dispatcher.testing import make_event
 from tests.waiting import wait_for
 

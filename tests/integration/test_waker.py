@@ -5,7 +5,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from dispatcher.outbox.store import OUTBOX_NOTIFY_CHANNEL
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
 from dispatcher.outbox.waker import Waker, asyncpg_dsn
 
 pytestmark = pytest.mark.postgres

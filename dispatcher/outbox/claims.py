@@ -1,0 +1,217 @@
+"""The SQL of claims: lease due deliveries to this replica's workers.
+
+A claim is a lease: ``status = in_flight`` and ``next_attempt_at`` = lease expiry, so a row
+whose worker died becomes claimable again by the same query. Each claim draws a new
+``lease_token``; outcomes are applied only where the token still matches (fencing,
+``outbox/outcomes.py``), so a late result from an expired claim cannot overwrite the newer
+one. Ingest's fast path leases new rows as they are inserted with the same fields
+(``LEASE_EXPIRY``, ``ingest/store.py``).
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from dispatcher.db.sql import Executor, Statement, from_row
+from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
+
+#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
+OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
+
+
+#: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
+#: picked from ``candidates``, and return it most urgent first, oldest due first, each
+#: row with the claim's ``report`` (considered, capped); one row of NULLs and the report
+#: when nothing was leased, since the report matters then too. By primary key from an
+#: array rather than a join with ``chosen``: PostgreSQL cannot see the LIMITs, and after
+#: five runs it may keep a generic plan that estimates thousands of rows and hash-joins
+#: whole tables here (docs/benchmarks.md, "A blocked endpoint's backlog").
+def lease_expiry(seconds: str) -> str:
+    """SQL: when a lease of ``seconds`` (an SQL expression) taken now runs out; a claim's
+    and the fast path's insert's (``ingest/store.py``)."""
+    return f"now() + make_interval(secs => {seconds})"
+
+
+_LEASE_CHOSEN = f"""
+    , leased AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
+            lease_owner = :owner, next_attempt_at = {lease_expiry(":lease")},
+            updated_at = now()
+        FROM events AS e
+        WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND e.id = d.event_id
+        RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
+                  d.created_at, d.traceparent, d.replay_id, e.payload
+    )
+    SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
+           l.created_at, l.traceparent, l.replay_id, l.payload, r.considered, r.capped
+    FROM report AS r
+    LEFT JOIN (leased AS l JOIN chosen AS c USING (id)) ON true
+    ORDER BY c.priority, c.next_attempt_at
+    """  # noqa: S608 - constant SQL fragments; values are bound
+
+#: Email and SMS: one ordered scan of the channel's due rows. One statement, so it is its
+#: own transaction and one round trip per claim. Candidates beyond a recipient's room
+#: under the cap are locked for the statement only and left as they were: not leased,
+#: not reordered, due for the next claim, and their recipients reported as ``capped``.
+_CHOOSE_BY_CHANNEL = """
+    WITH candidates AS (
+        SELECT id, recipient, priority, next_attempt_at FROM deliveries
+        WHERE channel = :channel
+          AND status IN ('pending', 'in_flight')
+          AND next_attempt_at <= now()
+          AND priority <= :max_priority
+          AND NOT (recipient = ANY(CAST(:blocked AS text[])))
+        ORDER BY priority, next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+        SELECT c.id, c.recipient, c.priority, c.next_attempt_at,
+               CAST(:cap AS int) IS NULL
+               OR c.nth <= CAST(:cap AS int) - coalesce(busy.n, 0) AS taken
+        FROM (SELECT *, row_number() OVER (PARTITION BY recipient
+                                           ORDER BY priority, next_attempt_at) AS nth
+              FROM candidates) AS c
+        LEFT JOIN unnest(CAST(:busy_recipients AS text[]), CAST(:busy_counts AS int[]))
+             AS busy(recipient, n) USING (recipient)
+    ), chosen AS (
+        SELECT id, priority, next_attempt_at FROM ranked WHERE taken
+    ), report AS (
+        SELECT (SELECT count(*) FROM candidates) AS considered,
+               ARRAY(SELECT DISTINCT recipient FROM ranked WHERE NOT taken) AS capped
+    )
+    """
+_CLAIM = Statement.compile(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
+
+#: Webhooks: the recipient names an endpoint, and an endpoint may be blocked (breaker
+#: open) or at its in-flight cap while thousands of its rows wait. The channel-wide claim
+#: above would read that whole backlog on every claim and filter it out row by row; this
+#: one lists the endpoints that have rows (a loose index scan: one index probe each), then
+#: reads at most each unblocked endpoint's room from ``ix_deliveries_webhook_lanes``, and
+#: one row more: whether the cap left any behind (``capped``; locked for the statement
+#: only, like the rows over the cap above). Same order, lease and fencing; ``considered``
+#: counts the rows taken under the caps.
+_CHOOSE_BY_ENDPOINT = """
+    WITH RECURSIVE present(recipient) AS (
+        (SELECT recipient FROM deliveries
+         WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
+         ORDER BY recipient LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.recipient FROM deliveries AS d
+                WHERE d.channel = 'webhook' AND d.status IN ('pending', 'in_flight')
+                  AND d.recipient > p.recipient
+                ORDER BY d.recipient LIMIT 1)
+        FROM present AS p WHERE p.recipient IS NOT NULL
+    ), lanes AS (
+        SELECT p.recipient,
+               least(CAST(:limit AS int),
+                     coalesce(CAST(:cap AS int) - coalesce(busy.n, 0), CAST(:limit AS int)))
+                   AS room
+        FROM present AS p
+        LEFT JOIN unnest(CAST(:busy_recipients AS text[]), CAST(:busy_counts AS int[]))
+             AS busy(recipient, n) USING (recipient)
+        WHERE p.recipient IS NOT NULL
+          AND NOT (p.recipient = ANY(CAST(:blocked AS text[])))
+    ), candidates AS (
+        SELECT l.recipient, l.room, c.id, c.priority, c.next_attempt_at,
+               row_number() OVER (PARTITION BY l.recipient
+                                  ORDER BY c.priority, c.next_attempt_at) AS nth
+        FROM lanes AS l CROSS JOIN LATERAL (
+            SELECT id, priority, next_attempt_at FROM deliveries
+            WHERE channel = 'webhook' AND status IN ('pending', 'in_flight')
+              AND recipient = l.recipient
+              AND priority <= CAST(:max_priority AS int)
+              AND next_attempt_at <= now()
+            ORDER BY priority, next_attempt_at
+            LIMIT greatest(l.room, 0) + 1
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+    ), chosen AS (
+        SELECT id, priority, next_attempt_at FROM candidates
+        WHERE nth <= room
+        ORDER BY priority, next_attempt_at
+        LIMIT CAST(:limit AS int)
+    ), report AS (
+        SELECT (SELECT count(*) FROM chosen) AS considered,
+               -- Left for the cap only where the cap, not the claim's limit, was the room.
+               ARRAY(SELECT recipient FROM candidates
+                     WHERE nth > room AND room < CAST(:limit AS int)) AS capped
+    )
+    """
+_CLAIM_LANES = Statement.compile(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this worker holds a lease on."""
+
+    id: UUID
+    event_id: UUID
+    recipient: str
+    #: Attempts including this one.
+    attempts: int
+    lease_token: UUID
+    priority: int
+    created_at: datetime
+    traceparent: str | None
+    #: The replay that put this delivery back, None for one never dead-lettered.
+    replay_id: UUID | None
+    payload: dict[str, Any]
+
+
+class Claim(NamedTuple):
+    """What one claim leased, most urgent first, and what it left behind."""
+
+    rows: list[Claimed]
+    #: ``limit`` when there may be more due right now (the claim's window was full).
+    considered: int
+    #: Recipients whose due rows it left behind for their cap: nothing announces those
+    #: rows again, so their next claim must come from their attempts ending. A recipient
+    #: already at its cap is named without its rows being read.
+    capped: frozenset[str]
+
+
+async def claim(
+    conn: Executor,
+    channel: str,
+    *,
+    limit: int,
+    lease_seconds: float,
+    owner: str,
+    blocked: Sequence[str] = (),
+    max_priority: int = LEAST_URGENT,
+    cap: int | None = None,
+    in_flight: Mapping[str, int] | None = None,
+) -> Claim:
+    """Lease up to ``limit`` due deliveries of one channel, most urgent first.
+
+    With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
+    the rest stay due, untouched, and ``Claim.capped`` names their recipients. Webhook
+    rows are claimed per endpoint (``_CLAIM_LANES``): the rows of ``blocked`` endpoints,
+    and of endpoints at their cap, are not read at all. Outside a transaction the lease
+    is committed when this returns (asyncpg hands the rows over only after the
+    statement's implicit commit).
+    """
+    busy = dict(in_flight or {})
+    at_cap = frozenset(r for r, n in busy.items() if cap is not None and n >= cap)
+    args = {
+        "channel": channel,
+        "limit": limit,
+        "cap": cap,
+        "busy_recipients": list(busy),
+        "busy_counts": list(busy.values()),
+        "blocked": [*blocked, *at_cap],
+        "max_priority": max_priority,
+        "owner": owner,
+        "lease": lease_seconds,
+    }
+    statement = _CLAIM_LANES if channel == ChannelKind.WEBHOOK else _CLAIM
+    rows = await statement.fetch(conn, **args)
+    report = rows[0]  # there is always one, with or without a leased row
+    return Claim(
+        [from_row(Claimed, row) for row in rows if row["id"] is not None],
+        report["considered"],
+        frozenset(report["capped"]) | at_cap,
+    )
