@@ -2,6 +2,7 @@
 health checks: one logic, per-component detail, never raises for an unreachable one."""
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,9 +47,16 @@ class Readiness:
 ComponentProbe = Callable[[], Component]
 
 
+@functools.cache
+def _head() -> str | None:
+    """The migrations' head revision: the installed code's, read (and its scripts
+    loaded) once per process instead of at every check."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 async def check_database(engine: AsyncEngine) -> list[Component]:
     """PostgreSQL answers, and its schema is at the head revision."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _head()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             with wrap_db_errors():

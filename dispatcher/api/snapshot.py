@@ -1,11 +1,14 @@
 """The state of every channel, provider and webhook endpoint, refreshed in the background.
 
-``GET /v1/channels`` reads the latest snapshot, so a flood of requests costs the database
-nothing; the aggregates run once per ``api.limits.snapshot_interval``.
+``GET /v1/channels`` and ``/metrics`` read the latest snapshot, so a flood of requests
+costs the database nothing; the aggregates run once per ``api.limits.snapshot_interval``
+while someone reads them, and not at all in a replica nobody asks (``IDLE_AFTER``).
 """
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +29,10 @@ log = structlog.get_logger("dispatcher.api")
 _SEVERITY_BY_PRIORITY = {s.priority: s.value for s in Severity}
 #: Attempts younger than this make up the recent success rate.
 RECENT_WINDOW_SECONDS = 300.0
+#: Seconds without a read after which the background refreshes stop; the next read
+#: refreshes first. Longer than any usual Prometheus scrape interval, so a scraped
+#: replica keeps its steady refresh (and ``dispatcher_ready``) as before.
+IDLE_AFTER = 120.0
 
 
 class BreakerView(BaseModel):
@@ -190,7 +197,13 @@ def _age(now: datetime, since: datetime | None) -> float | None:
 
 
 class SnapshotRefresher:
-    """Keeps the latest snapshot; a failed refresh keeps the previous one."""
+    """Keeps the latest snapshot; a failed refresh keeps the previous one.
+
+    Readers call ``fresh()``: it marks the snapshot as wanted and, when the background
+    refreshes have stopped for want of readers, refreshes before it answers, so what a
+    reader gets is never older than ``interval`` plus one refresh (as before, when the
+    background refreshed it whether read or not).
+    """
 
     def __init__(
         self,
@@ -198,16 +211,31 @@ class SnapshotRefresher:
         interval: float,
         *,
         readiness: Callable[[], Awaitable[Readiness]] | None = None,
+        idle_after: float = IDLE_AFTER,
     ) -> None:
         self._engine = engine
         self._interval = interval
         self._readiness = readiness
+        self._idle_after = idle_after
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        #: ``time.monotonic()`` of the last read (none yet), and of the last refresh's
+        #: start: the first refresh runs at start, the next ones once someone reads.
+        self._asked = -math.inf
+        self._refreshed: float | None = None
         self.current = EMPTY
         #: The last background readiness check (``dispatcher_ready``); None before one.
         self.ready: bool | None = None
+        #: Refreshes run so far; for tests.
+        self.refreshes = 0
 
     async def refresh(self) -> None:
+        async with self._lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        self._refreshed = time.monotonic()
+        self.refreshes += 1
         try:
             self.current = await take_snapshot(self._engine)
         except StorageUnavailable as exc:
@@ -215,9 +243,29 @@ class SnapshotRefresher:
         if self._readiness is not None:
             self.ready = (await self._readiness()).ready
 
+    async def fresh(self) -> ChannelsSnapshot:
+        """The latest snapshot; after a quiet time (no read for ``idle_after``, so the
+        background refreshes had stopped), refreshed first if older than the interval.
+        While reads are steady it never waits: the background keeps it fresh."""
+        now = time.monotonic()
+        quiet = now - self._asked >= self._idle_after
+        self._asked = now
+        if quiet and self._stale(now):
+            async with self._lock:  # a refresh under way: its result will do
+                if self._stale(time.monotonic()):
+                    await self._refresh()
+        return self.current
+
+    def _stale(self, now: float) -> bool:
+        return self._refreshed is not None and now - self._refreshed >= self._interval
+
     async def _loop(self) -> None:
         while True:
-            await self.refresh()
+            if (
+                self._refreshed is None
+                or time.monotonic() - self._asked < self._idle_after
+            ):
+                await self.refresh()
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

@@ -4,14 +4,17 @@ One registry for the process, served at ``/metrics`` by the API (``dispatcher wo
 which runs no API: by ``serve``, on ``metrics_port``). Labels are bounded and
 come from configuration or closed vocabularies (channel, provider or endpoint name,
 severity, outcome, error class, reject reason), never from an event's content.
-Counters move once per batch where the code has batches (ingest writes); gauges of the
-outbox come from the API's background snapshot, never from a query per scrape.
+Counters move once per batch where the code has batches (ingest writes); the delivery
+metrics are added up in plain dicts per attempt and moved into prometheus_client in one go
+(``_DeliveryTally``) before every collection and every ``FLUSH_AFTER`` provider tries;
+gauges of the outbox come from the API's background snapshot, never from a query per scrape.
 """
 
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,9 +26,122 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, RestrictedRegistry
 
-REGISTRY = CollectorRegistry()
+
+class _Registry(CollectorRegistry):
+    """The process's registry: a scrape filtered by name (``?name[]=``, which collects in
+    no fixed order) moves the delivery tally first, as a whole collection does."""
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        _TALLY.flush()
+        return super().restricted_registry(names)
+
+
+REGISTRY = _Registry()
+
+
+class AttemptFacts(Protocol):
+    """What the metrics read of a provider try (``outbox.outcomes.AttemptRecord``)."""
+
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def error_class(self) -> str | None: ...
+    @property
+    def latency_ms(self) -> float | None: ...
+
+
+#: Provider tries that may wait in the tally before they are moved without a collection.
+FLUSH_AFTER = 256
+
+
+class _DeliveryTally(Collector):
+    """The delivery metrics of the attempts since the last flush, in plain dicts.
+
+    ``flush`` moves them into their prometheus_client metrics: a counter's label set
+    moves by ``inc(n)`` once, through a label child looked up once per process; each
+    duration is observed (prometheus_client has no batch observe), without the per-call
+    ``labels()``. It runs before every collection of the registry (this collector is
+    registered first and yields nothing) and whenever ``FLUSH_AFTER`` tries wait, so
+    nothing waits unbounded and no reader sees a metric without its latest attempts.
+    The lock makes the hot path and a scrape thread (``serve``) safe together.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: dict[tuple[str, str, str, str], int] = {}
+        self._durations: list[tuple[tuple[str, str], float]] = []
+        self._deliveries: dict[tuple[str, str, str], int] = {}
+        self._latencies: list[tuple[tuple[str, str], float]] = []
+        self._tries = 0
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def add(
+        self,
+        channel: str,
+        severity: str,
+        tries: Iterable[AttemptFacts],
+        *,
+        final: str | None,
+        endpoint: str | None,
+        age_seconds: float | None,
+    ) -> None:
+        with self._lock:
+            attempts = self._attempts
+            for t in tries:
+                provider = endpoint or t.provider or "none"
+                key = (channel, provider, t.outcome, t.error_class or "none")
+                attempts[key] = attempts.get(key, 0) + 1
+                if t.latency_ms is not None:
+                    self._durations.append(((channel, provider), t.latency_ms / 1000))
+                self._tries += 1
+            if final is not None:
+                ended = (channel, final, severity)
+                self._deliveries[ended] = self._deliveries.get(ended, 0) + 1
+                if final == "delivered" and age_seconds is not None:
+                    self._latencies.append(((channel, severity), max(0.0, age_seconds)))
+            full = self._tries >= FLUSH_AFTER
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            attempts, self._attempts = self._attempts, {}
+            durations, self._durations = self._durations, []
+            deliveries, self._deliveries = self._deliveries, {}
+            latencies, self._latencies = self._latencies, []
+            self._tries = 0
+            for tried, count in attempts.items():
+                self._child(ATTEMPTS, tried).inc(count)
+            for timed, seconds in durations:
+                self._child(ATTEMPT_DURATION, timed).observe(seconds)
+            for ended, count in deliveries.items():
+                self._child(DELIVERIES, ended).inc(count)
+            for aged, seconds in latencies:
+                self._child(DELIVERY_LATENCY, aged).observe(seconds)
+
+    def _child(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        self.flush()
+        return iter(())
+
+
+_TALLY = _DeliveryTally()
+REGISTRY.register(_TALLY)
+
+
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
@@ -145,19 +261,6 @@ def ingest_batch(
         PUBLISH_TO_COMMIT.observe(max(0.0, now - published))
 
 
-class AttemptFacts(Protocol):
-    """What the metrics read of a provider try (``outbox.outcomes.AttemptRecord``)."""
-
-    @property
-    def provider(self) -> str | None: ...
-    @property
-    def outcome(self) -> str: ...
-    @property
-    def error_class(self) -> str | None: ...
-    @property
-    def latency_ms(self) -> float | None: ...
-
-
 def delivery_attempted(
     channel: str,
     severity: str,
@@ -169,20 +272,21 @@ def delivery_attempted(
 ) -> None:
     """One attempt at one delivery: its provider tries and, if it ended, its final state.
 
+    Counted in ``_TALLY`` (no prometheus_client call here); every collection sees it.
+
     Args:
         endpoint: the webhook endpoint, which labels the tries instead of the adapter name.
         final: "delivered" or "dead" when the delivery ended, else None.
         age_seconds: since publish (or commit), observed when delivered.
     """
-    for t in tries:
-        provider = endpoint or t.provider or "none"
-        ATTEMPTS.labels(channel, provider, t.outcome, t.error_class or "none").inc()
-        if t.latency_ms is not None:
-            ATTEMPT_DURATION.labels(channel, provider).observe(t.latency_ms / 1000)
-    if final is not None:
-        DELIVERIES.labels(channel, final, severity).inc()
-        if final == "delivered" and age_seconds is not None:
-            DELIVERY_LATENCY.labels(channel, severity).observe(max(0.0, age_seconds))
+    _TALLY.add(
+        channel,
+        severity,
+        tries,
+        final=final,
+        endpoint=endpoint,
+        age_seconds=age_seconds,
+    )
 
 
 def breaker_changed(channel: str, provider: str, state: str) -> None:

@@ -10,6 +10,7 @@ payload field (docs/observability.md lists every attribute).
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from opentelemetry import context as otel_context
@@ -190,7 +191,10 @@ def ingest_batch(
         yield span
 
 
-@contextlib.contextmanager
+#: What ``delivery_attempt`` returns while tracing is off: one shared, reusable context.
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def delivery_attempt(
     channel: str,
     *,
@@ -200,13 +204,14 @@ def delivery_attempt(
     attempt: int,
     severity: str,
     replay_id: str | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A CLIENT span for one attempt at one delivery, in the event's stored trace; the
-    adapter's request carries its context (a webhook receiver's ``traceparent``)."""
+    adapter's request carries its context (a webhook receiver's ``traceparent``).
+
+    Off, it returns ``_NO_SPAN``: an attribute read, no generator per attempt."""
     tracer = _STATE.tracer
     if tracer is None:
-        yield None
-        return
+        return _NO_SPAN
     attributes: dict[str, str | int] = {
         "dispatcher.channel": channel,
         "dispatcher.delivery_id": delivery_id,
@@ -216,9 +221,19 @@ def delivery_attempt(
     }
     if replay_id:
         attributes["dispatcher.replay_id"] = replay_id
+    return _delivery_span(tracer, channel, _context(traceparent) or _ROOT, attributes)
+
+
+@contextlib.contextmanager
+def _delivery_span(
+    tracer: trace.Tracer,
+    channel: str,
+    parent: Context,
+    attributes: dict[str, str | int],
+) -> Iterator[Span]:
     span = tracer.start_span(
         f"deliver {channel}",
-        context=_context(traceparent) or _ROOT,
+        context=parent,
         kind=SpanKind.CLIENT,
         attributes=attributes,
     )

@@ -15,4 +15,4 @@ router = APIRouter(
 async def channels(reader: AuditReader) -> ChannelsSnapshot:
     """Per channel and provider or endpoint: breakers, recent success rate, backlog, dead
     letters. Served from a snapshot refreshed in the background (see `refreshed_at`)."""
-    return reader.state["snapshot"].current
+    return await reader.state["snapshot"].fresh()

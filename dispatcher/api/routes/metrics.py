@@ -13,5 +13,7 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", response_class=Response)
 async def prometheus_metrics(request: Request) -> Response:
     """Counters, histograms and gauges of this process and the outbox snapshot."""
-    body = exposition(api_state(request)["snapshot"])
+    snapshot = api_state(request)["snapshot"]
+    await snapshot.fresh()
+    body = exposition(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
