@@ -80,6 +80,7 @@ import yaml
 from api_load import ApiLoad
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
 from pg_cpu import PgCpu
+from pg_stats import PgStats
 from proc import Proc, ProcGroup
 
 from dispatcher.events.kinds import ChannelKind
@@ -159,6 +160,8 @@ def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
 #: ``--split``: a dispatcher replica runs as two processes, ingest and the channel
 #: workers, so it can use both cores (docs/benchmarks.md).
 SPLIT = False
+#: ``--pg-stats``: per statement, per table and WAL figures of each drain (bench/pg_stats.py).
+PG_STATS = False
 
 
 class Variant:
@@ -412,6 +415,8 @@ async def run_scenario(
             await sinks.post(f"/{down}/down")
         sink_cpu0 = sink_proc.cpu()
         pg = PgCpu(db)
+        stats = PgStats(db, enabled=PG_STATS and kind != "naive")
+        await stats.start()
         await pg.start()
         procs = [replica(kind, env, tmp / f"{name}-{i}.log") for i in range(replicas)]
         spy = None
@@ -463,6 +468,8 @@ async def run_scenario(
             )
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
         result |= await load.stop()
+        # Stops the replicas first (their table counters are flushed as they exit).
+        result |= await stats.stop(n, before=[p.stop for p in procs])
     finally:
         await load.stop()
         for p in procs:
@@ -730,10 +737,17 @@ def main() -> None:
         action="store_true",
         help="run each dispatcher replica as two processes: ingest, channel workers",
     )
+    parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="per statement, per table and WAL figures of each drain (bench/pg_stats.py; "
+        "a cluster of its own with pg_stat_statements; use --latency-seconds 0)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    global SPLIT  # noqa: PLW0603 - a bench-wide mode, set once from the command line
+    global SPLIT, PG_STATS  # noqa: PLW0603 - bench-wide modes, set once from the command line
     SPLIT = args.split
+    PG_STATS = args.pg_stats
     report = asyncio.run(main_async(args))
     out = (
         args.out
