@@ -56,6 +56,10 @@ is ``on+LABEL`` or ``on@RATIO+LABEL``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
+``--pg-stats`` adds to each dispatcher and limit drain what PostgreSQL did per event: per
+statement (``pg_stat_statements``), per table (rows, HOT updates, bytes) and WAL; it needs a
+cluster of its own with ``pg_stat_statements`` preloaded (bench/pg_stats.py) and
+``--latency-seconds 0``.
 """
 
 import argparse
