@@ -58,8 +58,9 @@ the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.f
 (that run's rates are perturbed by the sampler and kept out of the medians).
 ``--pg-stats`` adds to each dispatcher and limit drain what PostgreSQL did per event: per
 statement (``pg_stat_statements``), per table (rows, HOT updates, bytes) and WAL; it needs a
-cluster of its own with ``pg_stat_statements`` preloaded (bench/pg_stats.py) and
-``--latency-seconds 0``.
+cluster of its own with ``pg_stat_statements`` preloaded (bench/pg_stats.py). With a
+latency phase the figures are that phase's alone (per event published in it), else the
+drain's.
 """
 
 import argparse
@@ -466,14 +467,17 @@ async def run_scenario(
         result["pg_cpu_s_by_backend"] = pg.by_type()
         result["drain"]["sink_cpu_s_per_10k_events"] = sink_cpu * 10_000 / n
         result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+        counted = n
         if down is None and latency_seconds > 0:
+            await stats.start()  # again: with a latency phase, the figures are its own
             result["latency"] = await latency_phase(
                 exchange, latency_seconds, latency_rate, sinks, procs
             )
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+            counted = result["latency"]["events"]
         result |= await load.stop()
         # Stops the replicas first (their table counters are flushed as they exit).
-        result |= await stats.stop(n, before=[p.stop for p in procs])
+        result |= await stats.stop(counted, before=[p.stop for p in procs])
     finally:
         await load.stop()
         for p in procs:
@@ -744,8 +748,9 @@ def main() -> None:
     parser.add_argument(
         "--pg-stats",
         action="store_true",
-        help="per statement, per table and WAL figures of each drain (bench/pg_stats.py; "
-        "a cluster of its own with pg_stat_statements; use --latency-seconds 0)",
+        help="per statement, per table and WAL figures per event of each drain, or of "
+        "its latency phase if there is one (bench/pg_stats.py; a cluster of its own "
+        "with pg_stat_statements)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
