@@ -56,6 +56,11 @@ is ``on+LABEL`` or ``on@RATIO+LABEL``).
 Results go to ``bench/results/e2e-<date>.json``; ``--profile`` records a py-spy profile of
 the (first) 1-replica dispatcher drain to ``bench/results/e2e-dispatcher-drain.folded``
 (that run's rates are perturbed by the sampler and kept out of the medians).
+``--pg-stats`` adds to each dispatcher and limit drain what PostgreSQL did per event: per
+statement (``pg_stat_statements``), per table (rows, HOT updates, bytes) and WAL; it needs a
+cluster of its own with ``pg_stat_statements`` preloaded (bench/pg_stats.py). With a
+latency phase the figures are that phase's alone (per event published in it), else the
+drain's.
 """
 
 import argparse
@@ -80,6 +85,7 @@ import yaml
 from api_load import ApiLoad
 from ingest import cleanup_broker, drop_database, dsn, fresh_database
 from pg_cpu import PgCpu
+from pg_stats import PgStats
 from proc import Proc, ProcGroup
 
 from dispatcher.events.kinds import ChannelKind
@@ -159,6 +165,8 @@ def dispatcher_config(ports: dict[str, int]) -> dict[str, Any]:
 #: ``--split``: a dispatcher replica runs as two processes, ingest and the channel
 #: workers, so it can use both cores (docs/benchmarks.md).
 SPLIT = False
+#: ``--pg-stats``: per statement, per table and WAL figures of each drain (bench/pg_stats.py).
+PG_STATS = False
 
 
 class Variant:
@@ -412,6 +420,8 @@ async def run_scenario(
             await sinks.post(f"/{down}/down")
         sink_cpu0 = sink_proc.cpu()
         pg = PgCpu(db)
+        stats = PgStats(db, enabled=PG_STATS and kind != "naive")
+        await stats.start()
         await pg.start()
         procs = [replica(kind, env, tmp / f"{name}-{i}.log") for i in range(replicas)]
         spy = None
@@ -457,12 +467,17 @@ async def run_scenario(
         result["pg_cpu_s_by_backend"] = pg.by_type()
         result["drain"]["sink_cpu_s_per_10k_events"] = sink_cpu * 10_000 / n
         result["drain"]["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+        counted = n
         if down is None and latency_seconds > 0:
+            await stats.start()  # again: with a latency phase, the figures are its own
             result["latency"] = await latency_phase(
                 exchange, latency_seconds, latency_rate, sinks, procs
             )
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
+            counted = result["latency"]["events"]
         result |= await load.stop()
+        # Stops the replicas first (their table counters are flushed as they exit).
+        result |= await stats.stop(counted, before=[p.stop for p in procs])
     finally:
         await load.stop()
         for p in procs:
@@ -730,10 +745,18 @@ def main() -> None:
         action="store_true",
         help="run each dispatcher replica as two processes: ingest, channel workers",
     )
+    parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="per statement, per table and WAL figures per event of each drain, or of "
+        "its latency phase if there is one (bench/pg_stats.py; a cluster of its own "
+        "with pg_stat_statements)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    global SPLIT  # noqa: PLW0603 - a bench-wide mode, set once from the command line
+    global SPLIT, PG_STATS  # noqa: PLW0603 - bench-wide modes, set once from the command line
     SPLIT = args.split
+    PG_STATS = args.pg_stats
     report = asyncio.run(main_async(args))
     out = (
         args.out

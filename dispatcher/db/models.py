@@ -187,7 +187,6 @@ class Delivery(Base):
                 "channel = 'webhook' AND status IN ('pending','in_flight')"
             ),
         ),
-        Index(None, "status", "updated_at"),
         # Dead letters the RabbitMQ mirror has not confirmed yet (delivery/mirror.py).
         Index(
             "ix_deliveries_unmirrored",
@@ -222,6 +221,10 @@ class Delivery(Base):
             "created_at",
             postgresql_where=text("recipient_hash IS NOT NULL"),
         ),
+        # Room on each page for a delivery's next version (its claim, its outcome): state
+        # changes are never HOT (status is in the claim index), but they stay on the
+        # row's page (migration 0009).
+        {"postgresql_with": {"fillfactor": 80}},
     )
 
 

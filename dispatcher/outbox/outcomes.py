@@ -40,7 +40,7 @@ _COMPLETE = Statement.compile(
         FROM r
         WHERE d.id = r.id AND d.lease_token = r.token
         RETURNING d.id, r.token, d.event_id, d.channel, d.status, d.attempts,
-                  d.last_error_class, d.last_error_message, r.dead_reason
+                  d.last_error_class, d.last_error_message, r.dead_reason, d.replay_id
     ), attempts AS (
         -- Lineage: an attempt after a replay carries the replay's id (outbox/replays.py).
         INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at, finished_at,
@@ -48,9 +48,9 @@ _COMPLETE = Statement.compile(
                                        latency_ms, lineage, replay_id)
         SELECT a.delivery_id, a.attempt, a.provider, a.started_at, a.finished_at, a.outcome,
                a.error_class, a.error_message, a.provider_code, a.latency_ms,
-               CASE WHEN d.replay_id IS NOT NULL THEN 'replay'
+               CASE WHEN x.replay_id IS NOT NULL THEN 'replay'
                     WHEN a.attempt = 1 THEN 'initial' ELSE 'retry' END,
-               d.replay_id
+               x.replay_id
         FROM unnest(CAST(:a_ids AS uuid[]), CAST(:a_attempts AS integer[]),
                     CAST(:a_providers AS text[]), CAST(:a_started AS timestamptz[]),
                     CAST(:a_finished AS timestamptz[]), CAST(:a_outcomes AS text[]),
@@ -59,7 +59,14 @@ _COMPLETE = Statement.compile(
              WITH ORDINALITY
              AS a(delivery_id, attempt, provider, started_at, finished_at, outcome,
                   error_class, error_message, provider_code, latency_ms, n)
-        JOIN deliveries AS d ON d.id = a.delivery_id
+        -- The replay from the row the update returned; the table is read again only
+        -- for an attempt whose outcome was fenced off.
+        LEFT JOIN applied AS ap ON ap.id = a.delivery_id
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN ap.id IS NOT NULL THEN ap.replay_id
+                        ELSE (SELECT replay_id FROM deliveries WHERE id = a.delivery_id)
+                   END AS replay_id
+        ) AS x
         -- In the order given: the attempt ids follow it.
         ORDER BY a.n
     ), audit AS (
