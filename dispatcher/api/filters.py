@@ -5,10 +5,12 @@ matches any of its values. Unknown parameters are a 422, never silently ignored.
 """
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -48,8 +50,20 @@ def _rfc3339_only(value: Any) -> Any:
     return value
 
 
-#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+def _in_utc(value: datetime) -> datetime:
+    # 0001-01-01T00:00:00+00:01 is valid RFC 3339 but before datetime.min in UTC, so the
+    # driver could not send it (a 422 for a documented value); the edge bounds the same rows.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if value.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
+
+
+#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``; held in UTC.
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_only), AfterValidator(_in_utc)
+]
 
 
 class Filters(BaseModel):
