@@ -50,14 +50,17 @@ def _rfc3339_only(value: Any) -> Any:
     return value
 
 
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
 def _in_utc(value: datetime) -> datetime:
     # 0001-01-01T00:00:00+00:01 is valid RFC 3339 but before datetime.min in UTC, so the
     # driver could not send it (a 422 for a documented value); the edge bounds the same rows.
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        edge = datetime.min if value.year == datetime.min.year else datetime.max
-        return edge.replace(tzinfo=UTC)
+        return _FIRST if value.year == _FIRST.year else _LAST
 
 
 #: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``; held in UTC.
