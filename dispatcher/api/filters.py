@@ -5,10 +5,12 @@ matches any of its values. Unknown parameters are a 422, never silently ignored.
 """
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -48,8 +50,23 @@ def _rfc3339_only(value: Any) -> Any:
     return value
 
 
-#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    # 0001-01-01T00:00:00+00:01 is valid RFC 3339 but before datetime.min in UTC, so the
+    # driver could not send it (a 422 for a documented value); the edge bounds the same rows.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return _FIRST if value.year == _FIRST.year else _LAST
+
+
+#: An RFC 3339 timestamp with an offset, e.g. ``2026-11-23T08:00:00Z``; held in UTC.
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_only), AfterValidator(_in_utc)
+]
 
 
 class Filters(BaseModel):

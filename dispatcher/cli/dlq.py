@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from dispatcher.cli import audit_trail
 from dispatcher.cli.dead_filters import Channels, dead_filtered
 from dispatcher.cli.delivery_story import story_text
 from dispatcher.cli.replay_watch import RECONCILE_HINT, describe, watch
@@ -103,7 +104,16 @@ def show(
 
     async def go() -> DeliveryHistory | None:
         async with database(_NAME) as conn:
-            return await delivery_history(conn, delivery_id, masked=not show_recipient)
+            story = await delivery_history(conn, delivery_id, masked=not show_recipient)
+            if story is not None and show_recipient:
+                await audit_trail.disclosed(
+                    conn,
+                    "dlq show --show-recipient",
+                    [delivery_id],
+                    event_id=story.event_id,
+                    delivery_id=delivery_id,
+                )
+            return story
 
     story = run(go())
     if story is None:

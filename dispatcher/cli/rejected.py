@@ -14,9 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
+from dispatcher.cli import audit_trail
 from dispatcher.cli import safeguards as safe
 from dispatcher.cli.filtered import Option, filtered
 from dispatcher.cli.root import app, run, settings
+from dispatcher.db.models import AuditKind
 from dispatcher.events.rejection import RejectReason
 from dispatcher.ingest.reingest import ReplayPlan, ReplayResult
 from dispatcher.ingest.rejected import RejectedDetail, RejectedFilter, RejectedRow
@@ -134,7 +136,12 @@ def show(
 
     async def go() -> RejectedDetail | None:
         async with safe.database(_NAME) as conn:
-            return await rejected.one(conn, rejected_id)
+            found = await rejected.one(conn, rejected_id)
+            if found is not None and show_body:
+                await audit_trail.disclosed(
+                    conn, "rejected show --show-body", [rejected_id]
+                )
+            return found
 
     found = run(go())
     if found is None:
@@ -226,6 +233,12 @@ def replay(
 
     async def go() -> ReplayResult:
         async with safe.database(_NAME) as conn:
+            # Committed first: a run that dies part-way is still on record.
+            await audit_trail.append(
+                conn,
+                AuditKind.REJECTED_REPLAY_STARTED,
+                {"reason": reason, "filters": where.to_json(), "count": plan.count},
+            )
             return await reingest.replay(
                 conn,
                 reader,

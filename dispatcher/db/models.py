@@ -72,12 +72,17 @@ class AuditKind(StrEnum):
     REPLAY_FINISHED = "replay.finished"
     #: A dead letter was discarded by an operator (kept, never deleted).
     DELIVERY_DISCARDED = "delivery.discarded"
+    #: An operator started ``rejected replay``: who, why, the filters and the planned
+    #: count, committed before the first message is read again.
+    REJECTED_REPLAY_STARTED = "message.replay_started"
     #: A rejected ingest message was parsed again by an operator.
     REJECTED_REPLAYED = "message.replayed"
     #: A circuit breaker changed state.
     BREAKER_TRANSITION = "breaker.transition"
     #: The audit API showed unmasked PII to a token with ``audit:read-pii``.
     PII_DISCLOSED = "api.pii_disclosed"
+    #: The CLI showed unmasked PII to an operator (``--show-body``, ``--show-recipient``).
+    CLI_PII_DISCLOSED = "cli.pii_disclosed"
 
 
 class Base(DeclarativeBase):

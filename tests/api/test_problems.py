@@ -122,3 +122,24 @@ async def test_slow_request_is_a_503_problem(api_settings, tokens, engine) -> No
     finally:
         await client.client.aclose()
         await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/rejected", "received_before"),
+        ("/v1/rejected", "received_after"),
+        ("/v1/events", "received_before"),
+        ("/v1/deliveries", "created_after"),
+        ("/v1/audit", "before"),
+    ],
+)
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"]
+)
+async def test_times_past_the_datetime_range_are_valid_filters(
+    api: Api, path: str, name: str, value: str
+) -> None:
+    """A schema-valid RFC 3339 time outside datetime's UTC range is a 200, not a 422."""
+    response = await api.get(path, **{name: value})
+    assert response.status_code == 200, response.text

@@ -51,6 +51,24 @@ _positive = schema.config.checks.positive_data_acceptance
 _positive.expected_statuses = [*_positive.expected_statuses, "413", "414"]
 
 
+@schema.auth()
+class Bearer:
+    """The token, given through schemathesis so that it knows what each request carried.
+
+    Passed as ``headers=`` to the call instead, it replaced an Authorization header that a
+    negative case had removed or broken, and schemathesis, still counting that header as
+    invalid, reported "Schema-violating request accepted" for a request that was valid on
+    the wire (its other mutation, e.g. ``{"": []}`` in the query, serializes to nothing).
+    A case with a negated Authorization header is sent as generated and must get 401.
+    """
+
+    def get(self, case: Any, context: Any) -> str:
+        return TOKEN
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def seeded_database(template_database: str) -> Iterator[None]:
     """The database the app points at, copied from the template and seeded."""
@@ -89,6 +107,5 @@ def test_api_conforms_to_its_openapi_document(case: Any) -> None:
         unfiltered = not (isinstance(filters, dict) and any(filters.values()))
         opaque = opaque or (unfiltered and body.get("all") is not True)
     case.call_and_validate(
-        headers={"Authorization": f"Bearer {TOKEN}"},
         excluded_checks=[positive_data_acceptance] if opaque else [],
     )
