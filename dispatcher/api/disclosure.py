@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.api.auth import Principal
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.models import AuditEntry, AuditKind
+from dispatcher.db.models import AuditEntry
+from dispatcher.db.states import AuditKind
 
 #: Most ids one entry lists; a larger page records the count and the first ones.
 MAX_IDS = 250

@@ -19,7 +19,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from dispatcher.db.models import AuditKind, DeliveryStatus
+from dispatcher.db.states import AuditKind, DeliveryStatus
 from dispatcher.errors import ErrorClass
 from dispatcher.events.kinds import ChannelKind, Severity
 from dispatcher.events.rejection import RejectReason

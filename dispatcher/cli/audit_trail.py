@@ -9,8 +9,8 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.cli.safeguards import who
-from dispatcher.db.models import AuditKind
 from dispatcher.db.sql import Executor, Statement
+from dispatcher.db.states import AuditKind
 
 #: Most ids one entry lists, as for the API's ``api.pii_disclosed``.
 MAX_IDS = 250

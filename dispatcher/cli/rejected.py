@@ -18,7 +18,7 @@ from dispatcher.cli import audit_trail
 from dispatcher.cli import safeguards as safe
 from dispatcher.cli.filtered import Option, filtered
 from dispatcher.cli.root import app, run, settings
-from dispatcher.db.models import AuditKind
+from dispatcher.db.states import AuditKind
 from dispatcher.events.rejection import RejectReason
 from dispatcher.ingest.reingest import ReplayPlan, ReplayResult
 from dispatcher.ingest.rejected import RejectedDetail, RejectedFilter, RejectedRow

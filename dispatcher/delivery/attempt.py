@@ -13,7 +13,7 @@ from typing import Any
 
 from dispatcher.channels import classify
 from dispatcher.channels.base import Channel, OutboundMessage, SendReceipt
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.errors import (
     DeliveryError,
     ErrorClass,

@@ -2,7 +2,7 @@
 
 import structlog
 
-from dispatcher.db.models import AuditKind
+from dispatcher.db.states import AuditKind
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.resilience.breaker import BreakerState

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.errors import DispatcherError, StorageConflict, StorageUnavailable
 from dispatcher.outbox.outcomes import (
     Applied,

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from dispatcher.db.models import AuditKind
 from dispatcher.db.sql import from_row
+from dispatcher.db.states import AuditKind
 from dispatcher.events.blind_index import recipient_digest
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from dispatcher.db.models import AuditKind
 from dispatcher.db.sql import Executor, Statement
+from dispatcher.db.states import AuditKind
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL, lease_expiry

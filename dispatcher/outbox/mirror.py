@@ -4,8 +4,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from dispatcher.db.models import DeliveryStatus
 from dispatcher.db.sql import Executor, Statement, from_row
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.outbox.outcomes import DeadLettered
 
 #: Oldest first. ``grace`` leaves the recorder's own publish of a fresh dead letter alone.

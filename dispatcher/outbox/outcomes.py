@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from dispatcher.db.models import DeliveryStatus
 from dispatcher.db.sql import Executor, Statement
+from dispatcher.db.states import DeliveryStatus
 
 _COMPLETE = Statement.compile(
     """

@@ -6,8 +6,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dispatcher.db.models import AuditKind
 from dispatcher.db.sql import from_row
+from dispatcher.db.states import AuditKind
 
 _QUEUE_STATUS = text(
     """

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.api import queries
 from dispatcher.api.filters import DeliveryFilters, EventFilters
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 
 pytestmark = pytest.mark.postgres
 

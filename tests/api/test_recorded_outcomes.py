@@ -3,7 +3,7 @@
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.outbox.outcomes import Outcome
 from tests.api.conftest import Api
 from tests.integration.test_outbox_store import (

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from dispatcher.app import build_delivery, build_providers, channel_configs
 from dispatcher.db.engine import create_engine
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.breaker_audit import BreakerAudit
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.service import DeliveryService

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.outbox.claims import _CLAIM_LANES, claim
 from dispatcher.outbox.outcomes import (
     AttemptRecord,

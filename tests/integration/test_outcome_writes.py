@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatcher.db.models import DeliveryStatus
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.outbox.outcomes import Outcome
 from tests.integration.test_outbox_store import (
     attempt_record,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.db.models import (
+from dispatcher.db.states import (
     AuditKind,
     DeliveryStatus,
     ReplayItemState,
