@@ -40,6 +40,8 @@ DEFER_SECONDS = 1.0
 #: (busy, timeout, indeterminate); this only stops an adapter bug.
 BACKSTOP_SECONDS = 1.0
 _MESSAGE_CAP = 500
+#: The last error of a delivery dead-lettered for max_age while nothing could be tried.
+EXPIRED = "max_age passed while no provider could be tried (breaker open)"
 #: The attempt record's outcome for a failure of this class; "failed" for the others.
 _OUTCOMES = {
     ErrorClass.BUSY: "not_sent",
@@ -131,7 +133,7 @@ async def attempt(
             # duplicate; the retry (same Message-ID) waits at least retry_after.
             break
     if last is None:
-        return _deferred(row, None if busy else open_until(), records, busy)
+        return _deferred(row, None if busy else open_until(), records, busy, policy)
     decision = decide(
         policy,
         attempts=row.attempts,
@@ -189,18 +191,26 @@ def _deferred(
     wake: float | None,
     records: Sequence[AttemptRecord],
     busy: DeliveryError | None,
+    policy: RetryPolicy,
 ) -> Outcome:
     """Nothing was sent (every breaker open, or no connection free): wait, and give the
-    attempt back."""
-    delay = DEFER_SECONDS if wake is None else max(0.0, wake - time.monotonic())
+    attempt back; or, once the wait would end past ``max_age``, dead-letter it."""
+    delay = max(DEFER_SECONDS if wake is None else wake - time.monotonic(), 0.05)
+    now = datetime.now(UTC)
+    expired = (now - row.created_at).total_seconds() + delay > policy.max_age
     return Outcome(
         row.id,
         row.lease_token,
-        DeliveryStatus.PENDING,
-        next_attempt_at=datetime.now(UTC) + timedelta(seconds=max(delay, 0.05)),
+        DeliveryStatus.DEAD if expired else DeliveryStatus.PENDING,
+        next_attempt_at=None if expired else now + timedelta(seconds=delay),
+        dead_reason=DeadLetterReason.MAX_AGE.value if expired else None,
         refund=1,
         error_class=None if busy is None else busy.error_class.value,
-        error_message=None if busy is None else str(busy)[:_MESSAGE_CAP],
+        error_message=str(busy)[:_MESSAGE_CAP]
+        if busy
+        else EXPIRED
+        if expired
+        else None,
         provider=records[-1].provider if records else None,
         attempts=tuple(records),
     )

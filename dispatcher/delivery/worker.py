@@ -20,6 +20,7 @@ from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
+from dispatcher.delivery.expiry import ExpirySweep
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.slots import Slots
@@ -61,6 +62,7 @@ class ChannelWorker:
         self._wakeup = wakeup
         self._owner = owner
         self._rand = rand
+        self._expiry = ExpirySweep(kind, settings, owner=owner)
         self._slot_freed = asyncio.Event()
         #: Set by the last fill when it had to leave due rows behind for want of a slot:
         #: every slot (or every general slot) taken.
@@ -136,6 +138,9 @@ class ChannelWorker:
                 await self._hold_claims()
                 continue
             try:
+                await self._expiry.run_if_due(
+                    self._link.driver, self._providers, self._recorder
+                )
                 claimed, full = await self._fill()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any bug
                 await self._link.close(broken=True)

@@ -215,3 +215,53 @@ async def claim(
         report["considered"],
         frozenset(report["capped"]) | at_cap,
     )
+
+
+#: Rows no claim takes (their endpoint's breaker, or every provider's, is open on this
+#: replica) that are past their severity's ``max_age``: leased like a claim, so that the
+#: recorder dead-letters them through the one outcome path (``delivery/expiry.py``).
+#: ``recipients`` NULL: every recipient of the channel.
+_CHOOSE_EXPIRED = """
+    WITH ages AS (
+        SELECT * FROM unnest(CAST(:priorities AS int[]), CAST(:max_ages AS float8[]))
+             AS a(priority, max_age)
+    ), chosen AS (
+        SELECT d.id, d.priority, d.next_attempt_at
+        FROM deliveries AS d JOIN ages AS a ON a.priority = d.priority
+        WHERE d.channel = :channel AND d.status = 'pending'
+          AND (CAST(:recipients AS text[]) IS NULL
+               OR d.recipient = ANY(CAST(:recipients AS text[])))
+          AND d.created_at < now() - make_interval(secs => a.max_age)
+        ORDER BY d.priority, d.next_attempt_at
+        LIMIT :limit
+        FOR UPDATE OF d SKIP LOCKED
+    ), report AS (
+        SELECT CAST(0 AS bigint) AS considered, CAST(ARRAY[] AS text[]) AS capped
+    )
+    """
+_EXPIRED = Statement.compile(_CHOOSE_EXPIRED + _LEASE_CHOSEN)
+
+
+async def claim_expired(
+    conn: Executor,
+    channel: str,
+    *,
+    recipients: Sequence[str] | None,
+    max_ages: Mapping[int, float],
+    limit: int,
+    lease_seconds: float,
+    owner: str,
+) -> list[Claimed]:
+    """Lease up to ``limit`` pending rows of ``recipients`` (None: all) of one channel
+    that are older than the ``max_ages`` of their priority, most urgent first."""
+    rows = await _EXPIRED.fetch(
+        conn,
+        channel=channel,
+        recipients=None if recipients is None else list(recipients),
+        priorities=list(max_ages),
+        max_ages=list(max_ages.values()),
+        limit=limit,
+        owner=owner,
+        lease=lease_seconds,
+    )
+    return [from_row(Claimed, row) for row in rows if row["id"] is not None]
