@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.kept import KeptConnection
+from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
@@ -53,7 +53,7 @@ class ChannelWorker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.kind = kind
-        self._link = KeptConnection(engine)
+        self._link = KeptConnection(engine, settings=CUSTOM_PLANS)
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
@@ -83,6 +83,8 @@ class ChannelWorker:
         self.claims = 0
         #: Rows started on the fast path (leased by ingest's insert), not by a claim.
         self.fast = 0
+        #: Rows leased by this worker's claims.
+        self.claimed = 0
 
     @property
     def inflight(self) -> int:
@@ -123,6 +125,13 @@ class ChannelWorker:
                     channel=self.kind.value,
                     in_flight=len(pending),
                 )
+        log.info(
+            "dispatcher.delivery.worker_stopped",
+            channel=self.kind.value,
+            fast=self.fast,
+            claims=self.claims,
+            claimed=self.claimed,
+        )
 
     async def _run(self) -> None:
         async with self._link.held():
@@ -243,6 +252,7 @@ class ChannelWorker:
                 )
         finally:
             self._claiming = False
+        self.claimed += len(rows)
         for row in rows:
             self._slots.per_recipient[row.recipient] += 1
             self._launch(row)
