@@ -295,13 +295,15 @@ def receipts(dump: dict[str, list[list[Any]]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def delivery_paths(logs: list[Path]) -> dict[str, dict[str, int]]:
+def delivery_paths(procs: list[Proc | ProcGroup]) -> dict[str, dict[str, int]]:
     """Per channel, over the whole run (drain and latency phase), summed over replicas:
     rows started on the fast path, claim statements and rows they leased, from each
-    worker's ``dispatcher.delivery.worker_stopped`` line (absent from older code)."""
+    worker's ``dispatcher.delivery.worker_stopped`` line (absent from older code), which
+    it writes as it stops: so this stops the replicas first."""
     paths: dict[str, dict[str, int]] = {}
-    for path in logs:
-        for line in path.read_text(errors="replace").splitlines():
+    for proc in procs:
+        proc.stop()
+        for line in proc.log.read_text(errors="replace").splitlines():
             if "dispatcher.delivery.worker_stopped" not in line:
                 continue
             try:
@@ -497,9 +499,7 @@ async def run_scenario(
         result |= await load.stop()
         # Stops the replicas first (their table counters are flushed as they exit).
         result |= await stats.stop(counted, before=[p.stop for p in procs])
-        for p in procs:
-            p.stop()  # if pg_stats did not: each worker logs its counts as it stops
-        result["paths"] = delivery_paths([p.log for p in procs])
+        result["paths"] = delivery_paths(procs)
     finally:
         await load.stop()
         for p in procs:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -22,6 +22,7 @@ from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.reservations import SlotReservations
 from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
@@ -37,7 +38,7 @@ _SEVERITY = {s.priority: s.value for s in Severity}
 _FINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.DEAD})
 
 
-class ChannelWorker:
+class ChannelWorker(SlotReservations):
     """Claims and sends one channel's deliveries with bounded concurrency."""
 
     def __init__(
@@ -62,26 +63,19 @@ class ChannelWorker:
         self._owner = owner
         self._rand = rand
         self._slot_freed = asyncio.Event()
-        #: Set by the last fill when it had to leave due rows behind for want of a slot:
-        #: every slot (or every general slot) taken.
         self._short_of_slots = False
-        #: Recipients the last claim left due rows behind for at their cap, as the claim
-        #: reported them; empty while a claim runs (it reads them again).
         self._capped: frozenset[str] = frozenset()
         #: While due rows wait for slots, claim once this many are free, not per slot:
         #: a claim costs about the same for one row as for eight.
         self._refill = max(1, settings.concurrency // 4)
         cap = settings.max_inflight_per_recipient
         self._cap_refill = max(1, cap // 4) if cap is not None else 1
-        #: Priority of the rows the last full claim left behind (None: none known).
         self._backlog_priority: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        #: A claim statement is running: it counts the slots without new reservations.
         self._claiming = False
         #: Claim statements run so far; for tests and metrics.
         self.claims = 0
-        #: Rows started on the fast path (leased by ingest's insert), not by a claim.
         self.fast = 0
         #: Rows leased by this worker's claims.
         self.claimed = 0
@@ -270,71 +264,6 @@ class ChannelWorker:
             # Claimed most urgent first: what was left is no more urgent than the last.
             self._backlog_priority = rows[-1].priority
         return len(rows), full
-
-    def reserve(self, offers: Sequence[tuple[str, int]]) -> list[int]:
-        """Slots for new rows ``(recipient, priority)`` of this channel: the positions
-        taken, most urgent first, by the rules of a claim. Never waits.
-
-        A claim's rules: reserved slots take only critical rows, a recipient gets at most
-        its room under the cap, a blocked recipient (breaker open) or a channel whose every
-        provider is open gets none. Rows already waiting for slots go first: while the
-        last fill or reservation left rows behind for want of a slot, only more urgent
-        ones are taken, and rows of a recipient the last claim left behind at its cap wait
-        with them. None while a claim runs (it counts the slots without these), while
-        outcomes are not being recorded, or when the worker is not running. Each slot
-        held must be ``launch``ed or ``unreserve``d.
-        """
-        if (
-            not self.alive
-            or self._claiming
-            or self._recorder.stalled()
-            or self._providers.all_open_until() is not None
-        ):
-            return []
-        cap = self._settings.max_inflight_per_recipient
-        skip = {*self._providers.blocked_recipients(), *self._capped}
-        ceiling = LEAST_URGENT
-        if self._short_of_slots:
-            known = self._backlog_priority
-            ceiling = _CRITICAL if known is None else known - 1
-        taken: list[int] = []
-        short: int | None = None
-        for n in sorted(range(len(offers)), key=lambda n: offers[n][1]):
-            recipient, priority = offers[n]
-            if priority > ceiling or recipient in skip:
-                continue
-            if self._slots.free() <= 0 or (
-                priority > _CRITICAL and self._slots.general_free() <= 0
-            ):
-                short = priority if short is None else min(short, priority)
-                continue
-            if cap is not None and self._slots.per_recipient[recipient] >= cap:
-                self._capped |= {recipient}
-                continue
-            self._slots.hold(priority, recipient)
-            taken.append(n)
-        if short is not None:
-            # As a fill that found no slot: the rows wait, and freed slots claim them.
-            known = self._backlog_priority
-            self._short_of_slots = True
-            self._backlog_priority = short if known is None else min(known, short)
-        return taken
-
-    def launch(self, row: Claimed) -> None:
-        """Attempt a row the fast path leased, in the slot ``reserve`` held for it."""
-        self._slots.unhold(row.priority)
-        self.fast += 1
-        self._launch(row)
-
-    def unreserve(self, recipient: str, priority: int) -> None:
-        """Give back a slot ``reserve`` held: its row was not leased to this worker."""
-        self._slots.unhold(priority)
-        self._slots.release(recipient)
-        self._freed(recipient)
-
-    @property
-    def lease_seconds(self) -> float:
-        return self._settings.lease_seconds
 
     def _launch(self, row: Claimed) -> None:
         """Attempt a leased row in a slot; its recipient is already counted. In a context
