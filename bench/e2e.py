@@ -196,9 +196,14 @@ class Variant:
         return env
 
 
+#: ``python -m`` puts the working directory (this checkout) first on ``sys.path``, ahead of
+#: ``PYTHONPATH``: without ``-P`` a ``--variant NAME=PATH`` replica ran this checkout's code.
+_NO_CWD = ["-P"]
+
+
 def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
     if kind == "dispatcher" and SPLIT:
-        module = [sys.executable, "-m", "dispatcher"]
+        module = [sys.executable, *_NO_CWD, "-m", "dispatcher"]
         return ProcGroup(
             [
                 Proc(
@@ -213,7 +218,7 @@ def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
             ]
         )
     if kind == "dispatcher":
-        cmd = [sys.executable, "-m", "dispatcher", "serve"]
+        cmd = [sys.executable, *_NO_CWD, "-m", "dispatcher", "serve"]
         return Proc(cmd, env, log, "dispatcher.serving")
     script = {"naive": "naive_delivery.py", "limit": "limit_pipeline.py"}[kind]
     cmd = [sys.executable, str(ROOT / "bench" / script)]
