@@ -10,13 +10,21 @@ the claim loop of ``ChannelWorker`` (delivery/worker.py) keeps up to date.
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
+import structlog
+
+from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.providers import Providers
+from dispatcher.delivery.ready import ReadyRows
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.slots import Slots
-from dispatcher.events.kinds import LEAST_URGENT, Severity
+from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.claims import Claimed
+from dispatcher.outbox.outcomes import Outcome
 from dispatcher.resilience.delivery_policy import ChannelDelivery
+
+log = structlog.get_logger("dispatcher.delivery")
 
 _CRITICAL = Severity.CRITICAL.priority
 
@@ -24,6 +32,7 @@ _CRITICAL = Severity.CRITICAL.priority
 class SlotReservations:
     """The fast path's side of a channel worker; ``ChannelWorker`` is the other."""
 
+    kind: ChannelKind
     _settings: ChannelDelivery
     _slots: Slots
     _providers: Providers
@@ -40,6 +49,11 @@ class SlotReservations:
     _claiming: bool
     #: Rows started on the fast path (leased by ingest's insert), not by a claim.
     fast: int
+    #: Rows claimed ahead of a free slot, started as slots free (delivery/ready.py).
+    _ready: ReadyRows
+    buffered: int
+    given_back: int
+    _stopping: bool
 
     @property
     def alive(self) -> bool:
@@ -80,6 +94,10 @@ class SlotReservations:
         if self._short_of_slots:
             known = self._backlog_priority
             ceiling = _CRITICAL if known is None else known - 1
+        head = self._ready.head_priority()
+        if head is not None:
+            # Rows claimed ahead wait for slots: only more urgent ones go first.
+            ceiling = min(ceiling, head - 1)
         taken: list[int] = []
         short: int | None = None
         for n in sorted(range(len(offers)), key=lambda n: offers[n][1]):
@@ -118,3 +136,43 @@ class SlotReservations:
     @property
     def lease_seconds(self) -> float:
         return self._settings.lease_seconds
+
+    def _start_ready(self) -> None:
+        """Start rows claimed ahead in the slots free for them, most urgent first; give
+        back those too old to start. None while stopping or while outcomes are not being
+        recorded (as claims, ``ChannelWorker._hold_claims``)."""
+        if self._stopping or self._recorder.stalled():
+            return
+        while (head := self._ready.head_priority()) is not None and (
+            self._slots.free() > 0
+            and (head <= _CRITICAL or self._slots.general_free() > 0)
+        ):
+            row, stale = self._ready.take()
+            self._give_back(stale)
+            if row is not None:
+                self._launch(row)
+
+    def _give_back(self, rows: Sequence[Claimed]) -> None:
+        """Rows claimed ahead and never started: pending and due again, the attempt the
+        claim counted refunded, through the recorder (fenced by their tokens)."""
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        self.given_back += len(rows)
+        for row in rows:
+            self._slots.release(row.recipient)
+            self._recorder.add(
+                Outcome(
+                    row.id,
+                    row.lease_token,
+                    DeliveryStatus.PENDING,
+                    next_attempt_at=now,
+                    refund=1,
+                ),
+                lease_seconds=self._settings.lease_seconds,
+            )
+        log.info(
+            "dispatcher.delivery.ready_given_back",
+            channel=self.kind.value,
+            rows=len(rows),
+        )

@@ -21,6 +21,7 @@ from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.providers import Providers
+from dispatcher.delivery.ready import ReadyRows
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.reservations import SlotReservations
 from dispatcher.delivery.slots import Slots
@@ -71,14 +72,22 @@ class ChannelWorker(SlotReservations):
         cap = settings.max_inflight_per_recipient
         self._cap_refill = max(1, cap // 4) if cap is not None else 1
         self._backlog_priority: int | None = None
+        #: Critical rows claimed ahead of free slots (delivery/ready.py).
+        self._ready = ReadyRows(
+            settings.concurrency, (settings.lease_seconds - settings.try_seconds()) / 2
+        )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._claiming = False
         #: Claim statements run so far; for tests and metrics.
         self.claims = 0
         self.fast = 0
-        #: Rows leased by this worker's claims.
+        #: Rows leased by this worker's claims, and those of them claimed ahead of a
+        #: free slot and started from ``_ready``.
         self.claimed = 0
+        self.buffered = 0
+        #: Rows claimed ahead and given back unstarted (too old, or the worker stopped).
+        self.given_back = 0
 
     @property
     def inflight(self) -> int:
@@ -104,6 +113,7 @@ class ChannelWorker(SlotReservations):
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        self._give_back(self._ready.drain())
         # Inserts already holding slots commit (their rows are launched) or fail.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -125,6 +135,7 @@ class ChannelWorker(SlotReservations):
             fast=self.fast,
             claims=self.claims,
             claimed=self.claimed,
+            buffered=self.buffered,
         )
 
     async def _run(self) -> None:
@@ -176,6 +187,7 @@ class ChannelWorker(SlotReservations):
                 async with asyncio.timeout(self._settings.poll_interval):
                     await self._recorder.progressed()
         log.info("dispatcher.delivery.claims_resumed", channel=self.kind.value)
+        self._start_ready()
 
     async def _wait(self) -> None:
         """Until a notification, enough freed slots, or the sweep's interval."""
@@ -215,14 +227,19 @@ class ChannelWorker(SlotReservations):
         )
 
     async def _fill(self) -> tuple[int, bool]:
-        """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
+        """Claim as many due deliveries as there are free slots, and while critical rows
+        wait for slots as many more as ``_ready`` has room for; (claimed, batch was full)."""
+        self._start_ready()
         free, general = self._slots.free(), self._slots.general_free()
         self._short_of_slots = free <= 0 or general <= 0
-        if free <= 0 or self._providers.all_open_until() is not None:
+        ahead = self._ready.room() if self._backlog_priority == _CRITICAL else 0
+        if (free <= 0 and not ahead) or self._providers.all_open_until() is not None:
             return 0, False
         # Reserved slots only ever take critical deliveries.
         limit, max_priority = (
-            (free, _CRITICAL) if general <= 0 else (min(free, general), LEAST_URGENT)
+            (free + ahead, _CRITICAL)
+            if ahead or general <= 0
+            else (min(free, general), LEAST_URGENT)
         )
         self.claims += 1
         # This claim is the refill that freed slots asked for. It reads the capped
@@ -249,7 +266,11 @@ class ChannelWorker(SlotReservations):
         self.claimed += len(rows)
         for row in rows:
             self._slots.per_recipient[row.recipient] += 1
-            self._launch(row)
+        waiting = len(self._ready)
+        self._ready.add(rows)
+        self._start_ready()
+        # Older rows start first: those still waiting are this claim's, claimed ahead.
+        self.buffered += max(0, len(self._ready) - waiting)
         # What the claim left behind, not what is in flight now: attempts that ended
         # during the claim may have taken a recipient below its cap although its rows
         # still wait. Their room counts now, so they may start the next claim at once.
@@ -260,6 +281,9 @@ class ChannelWorker(SlotReservations):
         full = considered == limit
         if not full:
             self._backlog_priority = None
+            # No critical row left to claim ahead: the next claim (at once if slots
+            # are free) takes whatever else is due.
+            full = bool(ahead) and self._slots.free() > 0
         elif rows:
             # Claimed most urgent first: what was left is no more urgent than the last.
             self._backlog_priority = rows[-1].priority
@@ -287,9 +311,16 @@ class ChannelWorker(SlotReservations):
             )
 
     def _freed(self, recipient: str) -> None:
-        """A slot of ``recipient`` is free again: wake the claim rows wait for."""
-        if (self._short_of_slots and self._slots.free() >= self._refill) or (
-            recipient in self._capped and self._room(recipient) >= self._cap_refill
+        """A slot of ``recipient`` is free again: start the next row claimed ahead, and
+        wake the claim rows wait for (claim ahead again once ``_refill`` or fewer are
+        left: enough to keep the slots busy while the claim runs)."""
+        self._start_ready()
+        if (
+            (self._short_of_slots and self._slots.free() >= self._refill)
+            or (recipient in self._capped and self._room(recipient) >= self._cap_refill)
+            or (
+                self._backlog_priority == _CRITICAL and len(self._ready) <= self._refill
+            )
         ):
             self._slot_freed.set()
 
