@@ -4,6 +4,7 @@ than the free slots, and freed slots start them without a claim (delivery/ready.
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
@@ -64,3 +65,40 @@ async def test_rows_claimed_ahead_too_long_are_given_back_not_started(
     assert {r.attempts for r in rows} == {1}
     assert webhook_sink.duplicates() == []
     assert len(webhook_sink.accepted) == 40
+
+
+@pytest.mark.slow
+async def test_two_replicas_claiming_ahead_never_send_a_row_twice(
+    make_settings: Any,
+    database: str,
+    roomy_engine: AsyncEngine,
+    cleanup_broker: None,
+) -> None:
+    """Two replicas claim a critical backlog ahead (and retry a fifth of it): every
+    delivery reaches its endpoint exactly once."""
+    endpoints = ["crisis-line", "safety-monitor"]
+    async with WebhookSink(seed=7) as sink:
+        sink.flaky("/crisis-line", 0.2)
+        sink.latency("/safety-monitor", 0.005, 0.05)
+        channel = webhook_channel(
+            sink.url, endpoints, concurrency=6, critical_reserve=0
+        )
+        settings = make_settings(database, channels={"webhook": channel})
+        replicas = [Stack(settings, roomy_engine) for _ in range(2)]
+        async with replicas[0] as one, replicas[1]:
+            await one.wait_listening_and_swept()
+            events = [
+                event_to(*[("webhook", n) for n in endpoints], severity="critical")
+                for _ in range(150)
+            ]
+            ids = await one.publish(*events)
+            rows = await one.wait_final(ids, count=300, timeout=120)
+            workers = [
+                r.delivery.workers[ChannelKind.WEBHOOK]
+                for r in replicas
+                if r.delivery is not None
+            ]
+    assert sink.duplicates() == []
+    assert len(sink.accepted) == 300
+    assert {r.status for r in rows} == {"delivered"}
+    assert sum(w.buffered for w in workers) > 0
