@@ -8,7 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack, StackFactory, event_to, webhook_channel
+from tests.delivery.harness import (
+    Stack,
+    StackFactory,
+    event_to,
+    webhook_channel,
+    workers_of,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -93,11 +99,7 @@ async def test_two_replicas_claiming_ahead_never_send_a_row_twice(
             ]
             ids = await one.publish(*events)
             rows = await one.wait_final(ids, count=300, timeout=120)
-            workers = [
-                r.delivery.workers[ChannelKind.WEBHOOK]
-                for r in replicas
-                if r.delivery is not None
-            ]
+            workers = workers_of(replicas, ChannelKind.WEBHOOK)
     assert sink.duplicates() == []
     assert len(sink.accepted) == 300
     assert {r.status for r in rows} == {"delivered"}

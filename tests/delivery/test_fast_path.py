@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack, StackFactory, event_to, webhook_channel
+from tests.delivery.harness import (
+    Stack,
+    StackFactory,
+    event_to,
+    webhook_channel,
+    workers_of,
+)
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -145,11 +151,7 @@ async def test_fast_path_and_claims_on_two_replicas_never_send_a_row_twice(
             for start in range(0, 150, 10):
                 ids += await one.publish(*events[start : start + 10])
             rows = await one.wait_final(ids, count=450, timeout=120)
-            workers = [
-                r.delivery.workers[ChannelKind.WEBHOOK]
-                for r in replicas
-                if r.delivery is not None
-            ]
+            workers = workers_of(replicas, ChannelKind.WEBHOOK)
     assert sink.duplicates() == []
     assert len(sink.accepted) == 450
     assert all(w.fast > 0 for w in workers)
