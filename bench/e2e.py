@@ -316,7 +316,7 @@ def delivery_paths(procs: list[Proc | ProcGroup]) -> dict[str, dict[str, int]]:
             except ValueError:
                 continue
             got = paths.setdefault(entry["channel"], {})
-            for key in ("fast", "claims", "claimed", "buffered"):
+            for key in ("fast", "claims", "claimed", "buffered", "given_back"):
                 got[key] = got.get(key, 0) + int(entry.get(key, 0))
     return paths
 

@@ -136,6 +136,7 @@ class ChannelWorker(SlotReservations):
             claims=self.claims,
             claimed=self.claimed,
             buffered=self.buffered,
+            given_back=self.given_back,
         )
 
     async def _run(self) -> None:
