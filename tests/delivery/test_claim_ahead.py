@@ -15,6 +15,7 @@ from tests.delivery.harness import (
     webhook_channel,
     workers_of,
 )
+from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -104,3 +105,32 @@ async def test_two_replicas_claiming_ahead_never_send_a_row_twice(
     assert len(sink.accepted) == 300
     assert {r.status for r in rows} == {"delivered"}
     assert sum(w.buffered for w in workers) > 0
+
+
+async def test_a_new_critical_row_waits_behind_rows_claimed_ahead(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """While critical rows claimed ahead wait for slots, a new critical event is not
+    leased on insert ahead of them (FIFO within a priority); low rows are never claimed
+    ahead."""
+    webhook_sink.latency("/safety-monitor", 0.03, 0.06)
+    async with stack(channels=monitor(webhook_sink)) as s:
+        await s.wait_listening_and_swept()
+        low = await s.publish(*[event_to(MONITOR, severity="low") for _ in range(30)])
+        await s.wait_final(low, count=30, timeout=60)
+        assert s.delivery is not None
+        worker = s.delivery.workers[ChannelKind.WEBHOOK]
+        assert worker.buffered == 0
+        backlog = await s.publish(
+            *[event_to(MONITOR, severity="critical") for _ in range(200)]
+        )
+
+        async def claimed_ahead() -> bool | NotYet:
+            return worker.buffered > 0 or NotYet(worker.buffered)
+
+        await wait_for(claimed_ahead, "rows claimed ahead", timeout=30)
+        (late,) = await s.publish(event_to(MONITOR, severity="critical"))
+        rows = await s.wait_final([*backlog, late], count=201, timeout=90)
+    (row,) = [r for r in rows if r.event_id == late]
+    assert row.updated_at != row.created_at  # claimed, not leased on insert
+    assert webhook_sink.duplicates() == []
