@@ -196,9 +196,14 @@ class Variant:
         return env
 
 
+#: ``python -m`` puts the working directory (this checkout) first on ``sys.path``, ahead of
+#: ``PYTHONPATH``: without ``-P`` a ``--variant NAME=PATH`` replica ran this checkout's code.
+_NO_CWD = ["-P"]
+
+
 def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
     if kind == "dispatcher" and SPLIT:
-        module = [sys.executable, "-m", "dispatcher"]
+        module = [sys.executable, *_NO_CWD, "-m", "dispatcher"]
         return ProcGroup(
             [
                 Proc(
@@ -213,7 +218,7 @@ def replica(kind: str, env: dict[str, str], log: Path) -> Proc | ProcGroup:
             ]
         )
     if kind == "dispatcher":
-        cmd = [sys.executable, "-m", "dispatcher", "serve"]
+        cmd = [sys.executable, *_NO_CWD, "-m", "dispatcher", "serve"]
         return Proc(cmd, env, log, "dispatcher.serving")
     script = {"naive": "naive_delivery.py", "limit": "limit_pipeline.py"}[kind]
     cmd = [sys.executable, str(ROOT / "bench" / script)]
@@ -293,6 +298,27 @@ def receipts(dump: dict[str, list[list[Any]]]) -> dict[str, dict[str, float]]:
                 seen[event_id] = at
         out[channel] = seen
     return out
+
+
+def delivery_paths(procs: list[Proc | ProcGroup]) -> dict[str, dict[str, int]]:
+    """Per channel, over the whole run (drain and latency phase), summed over replicas:
+    rows started on the fast path, claim statements and rows they leased, from each
+    worker's ``dispatcher.delivery.worker_stopped`` line (absent from older code), which
+    it writes as it stops: so this stops the replicas first."""
+    paths: dict[str, dict[str, int]] = {}
+    for proc in procs:
+        proc.stop()
+        for line in proc.log.read_text(errors="replace").splitlines():
+            if "dispatcher.delivery.worker_stopped" not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            got = paths.setdefault(entry["channel"], {})
+            for key in ("fast", "claims", "claimed", "buffered", "given_back"):
+                got[key] = got.get(key, 0) + int(entry.get(key, 0))
+    return paths
 
 
 def drain_figures(
@@ -478,6 +504,7 @@ async def run_scenario(
         result |= await load.stop()
         # Stops the replicas first (their table counters are flushed as they exit).
         result |= await stats.stop(counted, before=[p.stop for p in procs])
+        result["paths"] = delivery_paths(procs)
     finally:
         await load.stop()
         for p in procs:

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.kept import KeptConnection
+from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.errors import DispatcherError, StorageConflict, StorageUnavailable
 from dispatcher.outbox.outcomes import (
@@ -73,7 +73,7 @@ class Recorder:
         stall_after: float = STALL_AFTER,
         max_waiting: int = MAX_WAITING,
     ) -> None:
-        self._link = KeptConnection(engine)
+        self._link = KeptConnection(engine, settings=CUSTOM_PLANS)
         self._lease_link = KeptConnection(engine)
         self._on_dead = on_dead
         self._batch_max = batch_max

@@ -10,19 +10,21 @@ import asyncio
 import contextlib
 import contextvars
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.kept import KeptConnection
+from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.expiry import ExpirySweep
 from dispatcher.delivery.providers import Providers
+from dispatcher.delivery.ready import ReadyRows
 from dispatcher.delivery.recorder import Recorder
+from dispatcher.delivery.reservations import SlotReservations
 from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
@@ -38,7 +40,7 @@ _SEVERITY = {s.priority: s.value for s in Severity}
 _FINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.DEAD})
 
 
-class ChannelWorker:
+class ChannelWorker(SlotReservations):
     """Claims and sends one channel's deliveries with bounded concurrency."""
 
     def __init__(
@@ -54,7 +56,7 @@ class ChannelWorker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.kind = kind
-        self._link = KeptConnection(engine)
+        self._link = KeptConnection(engine, settings=CUSTOM_PLANS)
         self._providers = providers
         self._recorder = recorder
         self._settings = settings
@@ -64,27 +66,30 @@ class ChannelWorker:
         self._rand = rand
         self._expiry = ExpirySweep(kind, settings, owner=owner)
         self._slot_freed = asyncio.Event()
-        #: Set by the last fill when it had to leave due rows behind for want of a slot:
-        #: every slot (or every general slot) taken.
         self._short_of_slots = False
-        #: Recipients the last claim left due rows behind for at their cap, as the claim
-        #: reported them; empty while a claim runs (it reads them again).
         self._capped: frozenset[str] = frozenset()
         #: While due rows wait for slots, claim once this many are free, not per slot:
         #: a claim costs about the same for one row as for eight.
         self._refill = max(1, settings.concurrency // 4)
         cap = settings.max_inflight_per_recipient
         self._cap_refill = max(1, cap // 4) if cap is not None else 1
-        #: Priority of the rows the last full claim left behind (None: none known).
         self._backlog_priority: int | None = None
+        #: Critical rows claimed ahead of free slots (delivery/ready.py).
+        self._ready = ReadyRows(
+            settings.concurrency, (settings.lease_seconds - settings.try_seconds()) / 2
+        )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        #: A claim statement is running: it counts the slots without new reservations.
         self._claiming = False
         #: Claim statements run so far; for tests and metrics.
         self.claims = 0
-        #: Rows started on the fast path (leased by ingest's insert), not by a claim.
         self.fast = 0
+        #: Rows leased by this worker's claims, and those of them claimed ahead of a
+        #: free slot and started from ``_ready``.
+        self.claimed = 0
+        self.buffered = 0
+        #: Rows claimed ahead and given back unstarted (too old, or the worker stopped).
+        self.given_back = 0
 
     @property
     def inflight(self) -> int:
@@ -110,6 +115,7 @@ class ChannelWorker:
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        self._give_back(self._ready.drain())
         # Inserts already holding slots commit (their rows are launched) or fail.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -125,6 +131,15 @@ class ChannelWorker:
                     channel=self.kind.value,
                     in_flight=len(pending),
                 )
+        log.info(
+            "dispatcher.delivery.worker_stopped",
+            channel=self.kind.value,
+            fast=self.fast,
+            claims=self.claims,
+            claimed=self.claimed,
+            buffered=self.buffered,
+            given_back=self.given_back,
+        )
 
     async def _run(self) -> None:
         async with self._link.held():
@@ -178,6 +193,7 @@ class ChannelWorker:
                 async with asyncio.timeout(self._settings.poll_interval):
                     await self._recorder.progressed()
         log.info("dispatcher.delivery.claims_resumed", channel=self.kind.value)
+        self._start_ready()
 
     async def _wait(self) -> None:
         """Until a notification, enough freed slots, or the sweep's interval."""
@@ -217,14 +233,19 @@ class ChannelWorker:
         )
 
     async def _fill(self) -> tuple[int, bool]:
-        """Claim as many due deliveries as there are free slots; (claimed, batch was full)."""
+        """Claim as many due deliveries as there are free slots, and while critical rows
+        wait for slots as many more as ``_ready`` has room for; (claimed, batch was full)."""
+        self._start_ready()
         free, general = self._slots.free(), self._slots.general_free()
         self._short_of_slots = free <= 0 or general <= 0
-        if free <= 0 or self._providers.all_open_until() is not None:
+        ahead = self._ready.room() if self._backlog_priority == _CRITICAL else 0
+        if (free <= 0 and not ahead) or self._providers.all_open_until() is not None:
             return 0, False
         # Reserved slots only ever take critical deliveries.
         limit, max_priority = (
-            (free, _CRITICAL) if general <= 0 else (min(free, general), LEAST_URGENT)
+            (free + ahead, _CRITICAL)
+            if ahead or general <= 0
+            else (min(free, general), LEAST_URGENT)
         )
         self.claims += 1
         # This claim is the refill that freed slots asked for. It reads the capped
@@ -248,9 +269,14 @@ class ChannelWorker:
                 )
         finally:
             self._claiming = False
+        self.claimed += len(rows)
         for row in rows:
             self._slots.per_recipient[row.recipient] += 1
-            self._launch(row)
+        waiting = len(self._ready)
+        self._ready.add(rows)
+        self._start_ready()
+        # Older rows start first: those still waiting are this claim's, claimed ahead.
+        self.buffered += max(0, len(self._ready) - waiting)
         # What the claim left behind, not what is in flight now: attempts that ended
         # during the claim may have taken a recipient below its cap although its rows
         # still wait. Their room counts now, so they may start the next claim at once.
@@ -261,75 +287,13 @@ class ChannelWorker:
         full = considered == limit
         if not full:
             self._backlog_priority = None
+            # No critical row left to claim ahead: the next claim (at once if slots
+            # are free) takes whatever else is due.
+            full = bool(ahead) and self._slots.free() > 0
         elif rows:
             # Claimed most urgent first: what was left is no more urgent than the last.
             self._backlog_priority = rows[-1].priority
         return len(rows), full
-
-    def reserve(self, offers: Sequence[tuple[str, int]]) -> list[int]:
-        """Slots for new rows ``(recipient, priority)`` of this channel: the positions
-        taken, most urgent first, by the rules of a claim. Never waits.
-
-        A claim's rules: reserved slots take only critical rows, a recipient gets at most
-        its room under the cap, a blocked recipient (breaker open) or a channel whose every
-        provider is open gets none. Rows already waiting for slots go first: while the
-        last fill or reservation left rows behind for want of a slot, only more urgent
-        ones are taken, and rows of a recipient the last claim left behind at its cap wait
-        with them. None while a claim runs (it counts the slots without these), while
-        outcomes are not being recorded, or when the worker is not running. Each slot
-        held must be ``launch``ed or ``unreserve``d.
-        """
-        if (
-            not self.alive
-            or self._claiming
-            or self._recorder.stalled()
-            or self._providers.all_open_until() is not None
-        ):
-            return []
-        cap = self._settings.max_inflight_per_recipient
-        skip = {*self._providers.blocked_recipients(), *self._capped}
-        ceiling = LEAST_URGENT
-        if self._short_of_slots:
-            known = self._backlog_priority
-            ceiling = _CRITICAL if known is None else known - 1
-        taken: list[int] = []
-        short: int | None = None
-        for n in sorted(range(len(offers)), key=lambda n: offers[n][1]):
-            recipient, priority = offers[n]
-            if priority > ceiling or recipient in skip:
-                continue
-            if self._slots.free() <= 0 or (
-                priority > _CRITICAL and self._slots.general_free() <= 0
-            ):
-                short = priority if short is None else min(short, priority)
-                continue
-            if cap is not None and self._slots.per_recipient[recipient] >= cap:
-                self._capped |= {recipient}
-                continue
-            self._slots.hold(priority, recipient)
-            taken.append(n)
-        if short is not None:
-            # As a fill that found no slot: the rows wait, and freed slots claim them.
-            known = self._backlog_priority
-            self._short_of_slots = True
-            self._backlog_priority = short if known is None else min(known, short)
-        return taken
-
-    def launch(self, row: Claimed) -> None:
-        """Attempt a row the fast path leased, in the slot ``reserve`` held for it."""
-        self._slots.unhold(row.priority)
-        self.fast += 1
-        self._launch(row)
-
-    def unreserve(self, recipient: str, priority: int) -> None:
-        """Give back a slot ``reserve`` held: its row was not leased to this worker."""
-        self._slots.unhold(priority)
-        self._slots.release(recipient)
-        self._freed(recipient)
-
-    @property
-    def lease_seconds(self) -> float:
-        return self._settings.lease_seconds
 
     def _launch(self, row: Claimed) -> None:
         """Attempt a leased row in a slot; its recipient is already counted. In a context
@@ -353,9 +317,16 @@ class ChannelWorker:
             )
 
     def _freed(self, recipient: str) -> None:
-        """A slot of ``recipient`` is free again: wake the claim rows wait for."""
-        if (self._short_of_slots and self._slots.free() >= self._refill) or (
-            recipient in self._capped and self._room(recipient) >= self._cap_refill
+        """A slot of ``recipient`` is free again: start the next row claimed ahead, and
+        wake the claim rows wait for (claim ahead again once ``_refill`` or fewer are
+        left: enough to keep the slots busy while the claim runs)."""
+        self._start_ready()
+        if (
+            (self._short_of_slots and self._slots.free() >= self._refill)
+            or (recipient in self._capped and self._room(recipient) >= self._cap_refill)
+            or (
+                self._backlog_priority == _CRITICAL and len(self._ready) <= self._refill
+            )
         ):
             self._slot_freed.set()
 

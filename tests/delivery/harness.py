@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.app import IngestService, build_delivery
 from dispatcher.delivery.service import DeliveryService
+from dispatcher.delivery.worker import ChannelWorker
 from dispatcher.events.kinds import ChannelKind
 from dispatcher.publisher import Publisher
 from dispatcher.settings import Settings
@@ -227,3 +228,8 @@ class Stack:
 
 #: ``stack(channels=..., routing=...)``: a replica to use with ``async with``.
 StackFactory = Callable[..., Stack]
+
+
+def workers_of(stacks: Iterable[Stack], kind: ChannelKind) -> list[ChannelWorker]:
+    """Each replica's worker of one channel."""
+    return [s.delivery.workers[kind] for s in stacks if s.delivery is not None]
