@@ -385,6 +385,10 @@ async def run_scenario(
         "DISPATCHER_CONFIG": str(config),
         "DISPATCHER_API__PORT": "0",
         "PYTHONPATH": str(ROOT),
+        # ``python -m`` puts the working directory first on sys.path, ahead of
+        # PYTHONPATH: without this, a ``--variant NAME=PATH`` replica started from a
+        # checkout would run that checkout's code, not PATH's.
+        "PYTHONSAFEPATH": "1",
         "BENCH_QUEUE": f"{prefix}.ingest",
         "BENCH_SMTP_PORT": str(ports["smtp"]),
         "BENCH_SMS_URL": f"http://127.0.0.1:{ports['sms']}",
