@@ -2,6 +2,7 @@
 or the parts of a library we never call need (docs/benchmarks.md, "Peak RSS")."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,11 +15,15 @@ NOT_AT_SERVE = {
     "mako": "Alembic's templates",
     # the first SMS went through client.messages: twilio's whole 2010 API tree
     "twilio.rest.api": "channels/sms.py creates the Message through twilio's Version",
+    # tracing off: the CLI imported telemetry/setup.py, and the SDK, to find that out
+    "opentelemetry.sdk": "telemetry/switch.py decides before the SDK is imported",
+    "psutil": "the OpenTelemetry SDK's resources",
 }
 
 #: Starts the serving process's parts the way ``dispatcher serve`` builds them (every
-#: channel configured, the audit API), reads the readiness head and sends one SMS to a
-#: local Twilio-compatible server; prints the forbidden modules it loaded.
+#: channel configured, the audit API, tracing as the OTEL_* variables say: off), reads
+#: the readiness head and sends one SMS to a local Twilio-compatible server; prints the
+#: modules it loaded.
 SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
@@ -29,6 +34,7 @@ SCRIPT = textwrap.dedent(
     import dispatcher.cli  # what `python -m dispatcher` imports
     from dispatcher.app import build_engine
     from dispatcher.channels.sms import build_channels
+    from dispatcher.cli.root import traced
     from dispatcher.cli.serve import serve_services
     from dispatcher.health import _head
     from dispatcher.settings import load_settings
@@ -63,17 +69,21 @@ SCRIPT = textwrap.dedent(
                 await sms.aclose()
             await engine.dispose()
 
-    asyncio.run(main())
+    with traced():
+        asyncio.run(main())
     print(json.dumps(sorted(sys.modules)))
     """
 )
 
 
-def test_serve_loads_no_migration_tooling_nor_twilio_api_tree(tmp_path: Path) -> None:
-    """Building what ``dispatcher serve`` runs, checking readiness's schema head and
-    sending an SMS import neither Alembic (nor Mako) nor twilio's 2010 API tree."""
+def test_serve_loads_only_what_it_uses(tmp_path: Path) -> None:
+    """Building what ``dispatcher serve`` runs with tracing off, checking readiness's
+    schema head and sending an SMS import neither Alembic (nor Mako), nor twilio's 2010
+    API tree, nor the OpenTelemetry SDK."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "config.yaml")],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
