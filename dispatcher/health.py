@@ -9,12 +9,11 @@ from dataclasses import dataclass
 
 import aio_pika
 import aiohttp
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import create_engine, wrap_db_errors
-from dispatcher.db.migrate import alembic_config
+from dispatcher.db.revisions import head as migrations_head
 from dispatcher.errors import DispatcherError
 from dispatcher.settings import Settings
 
@@ -49,9 +48,9 @@ ComponentProbe = Callable[[], Component]
 
 @functools.cache
 def _head() -> str | None:
-    """The migrations' head revision: the installed code's, read (and its scripts
-    loaded) once per process instead of at every check."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The migrations' head revision: the installed code's, read once per process
+    instead of at every check (and without Alembic: db/revisions.py)."""
+    return migrations_head()
 
 
 async def check_database(engine: AsyncEngine) -> list[Component]:

@@ -67,6 +67,11 @@ def settings() -> Settings:
 @contextlib.contextmanager
 def traced() -> Iterator[None]:
     """Tracing as the OTEL_* variables say (off unless they ask), flushed at the end."""
+    from dispatcher.telemetry.switch import wanted_exporters  # noqa: PLC0415
+
+    if not wanted_exporters(os.environ):
+        yield  # off: the OpenTelemetry SDK is never imported
+        return
     from dispatcher.telemetry.setup import (  # noqa: PLC0415
         configure_tracing,
         shutdown_tracing,

@@ -1,7 +1,6 @@
 """Run Alembic migrations from the CLI and the tests."""
 
 from collections.abc import Callable
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -9,11 +8,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.revisions import migrations_dir
 
-
-def migrations_dir() -> Path:
-    """The Alembic environment and revisions, inside the package (so a wheel has them)."""
-    return Path(__file__).resolve().parent / "migrations"
+__all__ = ["alembic_config", "check", "downgrade", "migrations_dir", "upgrade"]
 
 
 def alembic_config(database_url: str | None = None) -> Config:

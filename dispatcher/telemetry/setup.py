@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import (
 
 from dispatcher.errors import ConfigError
 from dispatcher.telemetry import metrics, tracing
+from dispatcher.telemetry.switch import wanted_exporters
 
 log = structlog.get_logger("dispatcher.telemetry")
 
@@ -70,20 +71,6 @@ class BoundedSpanProcessor(BatchSpanProcessor):
         ):
             metrics.spans_dropped(1)
         super().on_end(span)
-
-
-def wanted_exporters(environ: Mapping[str, str]) -> list[str]:
-    """The span exporters the OTEL_* variables ask for; empty means tracing off."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    names = environ.get("OTEL_TRACES_EXPORTER")
-    if names is None:
-        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        return ["otlp"] if endpoint else []
-    wanted = [n.strip().lower() for n in names.split(",") if n.strip()]
-    return [] if wanted in ([], ["none"]) else [n for n in wanted if n != "none"]
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:

@@ -11,14 +11,16 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on (telemetry/switch.py)
+    from opentelemetry.sdk.trace import TracerProvider
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "dispatcher"
@@ -38,19 +40,19 @@ class _State:
 _STATE = _State()
 
 
-def install(provider: TracerProvider) -> None:
+def install(provider: "TracerProvider") -> None:
     """Trace with ``provider`` from now on (``telemetry.setup`` or a test's)."""
     _STATE.provider = provider
     _STATE.tracer = provider.get_tracer(_SCOPE)
 
 
-def uninstall() -> TracerProvider | None:
+def uninstall() -> "TracerProvider | None":
     """Stop tracing; returns the provider that was installed (to shut it down)."""
     provider, _STATE.provider, _STATE.tracer = _STATE.provider, None, None
     return provider
 
 
-def provider() -> TracerProvider | None:
+def provider() -> "TracerProvider | None":
     return _STATE.provider
 
 

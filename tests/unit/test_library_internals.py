@@ -286,3 +286,73 @@ def test_standardwebhooks_signs_the_spec_example() -> None:
         [signing.decode_secret(secret)], msg_id, timestamp, body
     )
     assert headers["webhook-signature"] == expected
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [{"from_number": "+15550001111"}, {"messaging_service_sid": "MG" + "1" * 32}],
+    ids=["from-number", "messaging-service"],
+)
+@pytest.mark.parametrize("base_url", [None, "http://127.0.0.1:9/twilio"])
+async def test_twilio_message_create_request(
+    sender: dict[str, str], base_url: str | None
+) -> None:
+    """The SMS adapter's Message create (twilio's ``Version`` over its ``Client``, without
+    the 2010 API tree) sends exactly the request ``client.messages.create_async`` sends,
+    and reads its answer the same way."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.http.response import Response
+    from twilio.rest import Client
+
+    from dispatcher.channels.sms import _NO_ENVIRONMENT, TwilioChannel
+    from dispatcher.channels.sms_config import TwilioProvider
+    from dispatcher.testing import make_message
+
+    class Capture(AsyncTwilioHttpClient):  # type: ignore[misc]
+        """Records each request and answers it as Twilio does (201, the resource)."""
+
+        def __init__(self) -> None:
+            super().__init__(pool_connections=False)
+            self.requests: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+        async def request(self, *args: object, **kwargs: object) -> Response:
+            self.requests.append((args, kwargs))
+            return Response(201, '{"sid": "SM123", "status": "queued"}')
+
+    sid, token = "AC" + "0" * 32, "not-a-real-token"
+    provider = TwilioProvider(
+        name="twilio-a",
+        account_sid=sid,
+        auth_token=token,
+        base_url=base_url,
+        **sender,
+    )
+    message = make_message(recipient="+15557654321")
+
+    theirs = Capture()
+    client = Client(sid, token, http_client=theirs, environment=_NO_ENVIRONMENT)
+    if base_url is not None:
+        client.api.base_url = base_url
+    fields = (
+        {"from_": provider.from_number}
+        if provider.from_number
+        else {"messaging_service_sid": provider.messaging_service_sid}
+    )
+    created = await client.messages.create_async(
+        to=message.recipient, body="the body", **fields
+    )
+
+    ours = Capture()
+    channel = TwilioChannel(provider, template="the body")
+    try:
+        channel._version().domain.twilio.http_client = ours
+        receipt = await channel.send(message)
+    finally:
+        await channel.aclose()
+    assert ours.requests == theirs.requests, broken(
+        "twilio", "MessageList.create_async's request (URI, form fields, headers)"
+    )
+    assert (receipt.provider_message_id, receipt.provider_code) == (
+        created.sid,
+        str(created.status),
+    ), broken("twilio", "MessageInstance.sid/status from the created payload")
