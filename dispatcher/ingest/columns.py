@@ -19,7 +19,9 @@ from dispatcher.outbox.claims import Claimed
 from dispatcher.outbox.handoff import Offer
 
 
-def event_params(pairs: Any) -> dict[str, list[Any]]:
+def event_params(pairs: Any, traceparent: str | None = None) -> dict[str, list[Any]]:
+    """Column arrays of the events ``pairs`` (item, accepted); ``traceparent`` stands for
+    an item that carries none (the ingest span's)."""
     cols: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -46,7 +48,7 @@ def event_params(pairs: Any) -> dict[str, list[Any]]:
         cols["correlations"].append(event.correlation_id)
         cols["payloads"].append(acc.parsed.canonical)
         cols["digests"].append(acc.parsed.digest)
-        cols["traceparents"].append(item.traceparent)
+        cols["traceparents"].append(item.traceparent or traceparent)
         cols["tracestates"].append(item.tracestate)
         cols["delivery_counts"].append(len(acc.routes))
     return cols
@@ -61,11 +63,14 @@ class DeliveryRows:
         "priorities",
         "recipients",
         "rules",
+        "traceparent",
         "traceparents",
     )
 
-    def __init__(self, key: bytes | None) -> None:
+    def __init__(self, key: bytes | None, traceparent: str | None = None) -> None:
         self.key = key
+        #: For an event that carries no ``traceparent``: the ingest span's.
+        self.traceparent = traceparent
         self.hashes: list[bytes | None] = []
         self.event_ids: list[UUID] = []
         self.channels: list[str] = []
@@ -77,7 +82,7 @@ class DeliveryRows:
     def add(self, acc: Accepted, item: Incoming) -> None:
         event = acc.parsed.event
         priority = event.severity.priority
-        traceparent = item.traceparent
+        traceparent = item.traceparent or self.traceparent
         for r in acc.routes:
             self.event_ids.append(event.event_id)
             self.channels.append(r.channel.value)

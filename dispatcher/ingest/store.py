@@ -22,6 +22,7 @@ from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
 from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL, lease_expiry
 from dispatcher.outbox.handoff import Handoff, Reservation
+from dispatcher.telemetry import tracing
 
 from .columns import AuditRows, DeliveryRows, RejectedRows, event_params
 
@@ -148,15 +149,21 @@ async def persist_batch(
     """
     result = BatchResult()
     accepted, repeats, rejected = _split(batch)
+    # An event published without a trace context joins the trace of the ingest span
+    # storing it: its deliveries' attempts, retries and replays then share one trace,
+    # sampled or not as that span was (None while tracing is off).
+    traceparent = tracing.current_traceparent()
     inserted: set[UUID] = set()
     if accepted:
         # In id order: two transactions (replicas) inserting some of the same ids lock
         # them in the same order, so one waits for the other instead of deadlocking.
-        params = event_params(accepted[event_id] for event_id in sorted(accepted))
+        params = event_params(
+            (accepted[event_id] for event_id in sorted(accepted)), traceparent
+        )
         rows = await _INSERT_EVENTS.fetch(conn, **params)
         inserted = {row["id"] for row in rows}
     audit = AuditRows()
-    deliveries = DeliveryRows(recipient_key)
+    deliveries = DeliveryRows(recipient_key, traceparent)
     for event_id in inserted:
         item, acc = accepted[event_id]
         deliveries.add(acc, item)

@@ -11,7 +11,9 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from contextvars import Token
+from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -21,6 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on (telemetry/switch.py)
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "dispatcher"
@@ -29,11 +32,13 @@ _ROOT = Context()
 
 
 class _State:
-    __slots__ = ("provider", "tracer")
+    __slots__ = ("drops_unsampled", "provider", "tracer")
 
     def __init__(self) -> None:
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer | None = None
+        #: The sampler drops every span whose (stored, remote) parent was not sampled.
+        self.drops_unsampled = False
 
 
 #: The process-wide switch: set once at start-up (or by a test), read on every call.
@@ -44,12 +49,27 @@ def install(provider: "TracerProvider") -> None:
     """Trace with ``provider`` from now on (``telemetry.setup`` or a test's)."""
     _STATE.provider = provider
     _STATE.tracer = provider.get_tracer(_SCOPE)
+    _STATE.drops_unsampled = drops_unsampled_children(provider.sampler)
 
 
 def uninstall() -> "TracerProvider | None":
     """Stop tracing; returns the provider that was installed (to shut it down)."""
     provider, _STATE.provider, _STATE.tracer = _STATE.provider, None, None
+    _STATE.drops_unsampled = False
     return provider
+
+
+def drops_unsampled_children(sampler: "Sampler") -> bool:
+    """Whether ``sampler`` drops every span whose remote parent was not sampled, as the
+    SDK's parent-based samplers do (the default, and every ``parentbased_*`` of
+    ``OTEL_TRACES_SAMPLER``): then an attempt in an unsampled trace needs no span at all.
+    Read from the sampler's public description, so any other sampler is asked per span."""
+    # Only with tracing on: a replica with tracing off never imports the SDK.
+    from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415
+
+    return isinstance(sampler, ParentBased) and (
+        ",remoteParentNotSampled:AlwaysOffSampler," in sampler.get_description()  # type: ignore[no-untyped-call]
+    )
 
 
 def provider() -> "TracerProvider | None":
@@ -60,30 +80,46 @@ def enabled() -> bool:
     return _STATE.tracer is not None
 
 
+class _Parent(NamedTuple):
+    """A stored ``traceparent``, parsed: its context, and whether it was sampled."""
+
+    context: Context
+    sampled: bool
+
+
 def _context(traceparent: str | None, tracestate: str | None = None) -> Context | None:
+    parent = _parent(traceparent, tracestate)
+    return None if parent is None else parent.context
+
+
+def _parent(traceparent: str | None, tracestate: str | None = None) -> _Parent | None:
     if not traceparent:
         return None
     return _extracted(traceparent, tracestate)
 
 
 @functools.lru_cache(maxsize=4096)
-def _extracted(traceparent: str, tracestate: str | None) -> Context | None:
+def _extracted(traceparent: str, tracestate: str | None) -> _Parent | None:
     """The parsed context of a stored ``traceparent``: an event's deliveries share one,
     and a ``Context`` is immutable, so each is parsed once while it is recent."""
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
     ctx = _PROPAGATOR.extract(carrier)
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if not span_context.is_valid:
+        return None
+    return _Parent(ctx, span_context.trace_flags.sampled)
 
 
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span, None when there is none."""
     if _STATE.tracer is None:
         return None
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    return carrier.get("traceparent")
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 def log_ids() -> tuple[str, str] | None:
@@ -210,10 +246,17 @@ def delivery_attempt(
     """A CLIENT span for one attempt at one delivery, in the event's stored trace; the
     adapter's request carries its context (a webhook receiver's ``traceparent``).
 
-    Off, it returns ``_NO_SPAN``: an attribute read, no generator per attempt."""
+    Off, it returns ``_NO_SPAN``: an attribute read, no generator per attempt. In a trace
+    whose sampling decision was "drop" (the stored context is not sampled) and with a
+    parent-based sampler, no span is started: the stored context itself is made current,
+    so logs and the webhook's ``traceparent`` still carry the event's trace id, and the
+    SDK's sampler, ids, attributes and span cost nothing (yields None, like off)."""
     tracer = _STATE.tracer
     if tracer is None:
         return _NO_SPAN
+    parent = _parent(traceparent)
+    if parent is not None and not parent.sampled and _STATE.drops_unsampled:
+        return _Current(parent.context, None)
     attributes: dict[str, str | int] = {
         "dispatcher.channel": channel,
         "dispatcher.delivery_id": delivery_id,
@@ -223,34 +266,46 @@ def delivery_attempt(
     }
     if replay_id:
         attributes["dispatcher.replay_id"] = replay_id
-    return _delivery_span(tracer, channel, _context(traceparent) or _ROOT, attributes)
-
-
-@contextlib.contextmanager
-def _delivery_span(
-    tracer: trace.Tracer,
-    channel: str,
-    parent: Context,
-    attributes: dict[str, str | int],
-) -> Iterator[Span]:
     span = tracer.start_span(
         f"deliver {channel}",
-        context=parent,
+        context=_ROOT if parent is None else parent.context,
         kind=SpanKind.CLIENT,
         attributes=attributes,
     )
-    # What ``start_as_current_span`` does, without its two generator layers (a few µs a
-    # span, sampled or not), and an escaping error is its type only: an exception's
-    # text may hold what a span must not (``record_exception`` would copy it).
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield span
-    except Exception as exc:
-        if span.is_recording():
+    return _Current(trace.set_span_in_context(span), span)
+
+
+class _Current:
+    """Makes ``context`` current for one attempt, then ends ``span`` (if any).
+
+    What ``start_as_current_span`` does, as a plain class (no generator layers, a few µs
+    a span), and an escaping error is its type only: an exception's text may hold what a
+    span must not (``record_exception`` would copy it)."""
+
+    __slots__ = ("_context", "_span", "_token")
+
+    def __init__(self, context: Context, span: Span | None) -> None:
+        self._context = context
+        self._span = span
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> Span | None:
+        self._token = otel_context.attach(self._context)
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+        span = self._span
+        if span is None:
+            return
+        if isinstance(exc, Exception) and span.is_recording():
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        raise
-    finally:
-        otel_context.detach(token)
         span.end()
 
 

@@ -4,6 +4,10 @@ Spans go to an in-memory exporter; the far ends are the local SMTP, Twilio-compa
 webhook servers, and the webhook receiver records the ``traceparent`` it was sent.
 """
 
+import json
+import uuid
+
+import aio_pika
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
@@ -135,3 +139,48 @@ async def test_one_trace_from_publish_to_delivered_on_every_channel(
     text = repr([(s.name, dict(s.attributes or {}), s.events) for s in finished])
     for secret in (EMAIL[1], PHONE[1]):
         assert secret not in text
+
+
+async def test_an_event_published_without_a_trace_joins_its_ingest_trace(
+    stack: StackFactory,
+    spans: InMemorySpanExporter,
+    webhook_sink: WebhookSink,
+) -> None:
+    """An event whose message carries no ``traceparent`` gets the trace of the ingest
+    ``process`` span that stores it: each attempt (a retry too) is that span's child, the
+    event row keeps its ``traceparent``, and the webhook receiver gets that trace id."""
+    webhook_sink.respond("/monitor", 503, times=1)
+    channels = {"webhook": webhook_channel(webhook_sink.url, ["monitor"])}
+    event = event_to(("webhook", "monitor"), severity="critical")
+    async with stack(channels=channels) as s:
+        connection = await aio_pika.connect(s.settings.amqp_url.get_secret_value())
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(s.settings.exchange, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(json.dumps(event).encode()),  # no headers at all
+                routing_key=event["type"],
+            )
+        event_id = uuid.UUID(event["event_id"])
+        rows = await s.wait_final([event_id], count=1)
+        (stored,) = await s.rows(
+            "SELECT traceparent FROM events WHERE id = :id", id=event_id
+        )
+    assert [r.status for r in rows] == ["delivered"]
+    finished = spans.get_finished_spans()
+    assert not [s for s in finished if s.kind is SpanKind.PRODUCER]
+    (process,) = [s for s in finished if s.kind is SpanKind.CONSUMER]
+    assert process.context is not None
+    attempts = [s for s in finished if s.name == "deliver webhook"]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        assert trace_of(attempt) == trace_of(process)
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == process.context.span_id
+    ctx = process.context
+    assert stored.traceparent == (
+        f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    )
+    for request in webhook_sink.received_on("/monitor"):
+        trace_hex = request.headers["traceparent"].split("-")[1]
+        assert int(trace_hex, 16) == trace_of(process)
