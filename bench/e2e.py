@@ -478,6 +478,7 @@ async def run_scenario(
             result["latency"]["pg_cpu_ms_per_event"] = (
                 await pg_lat.stop() * 1000 / result["latency"]["events"]
             )
+            result["latency_pg_cpu_s_by_backend"] = pg_lat.by_type()
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
             counted = result["latency"]["events"]
         result |= await load.stop()
