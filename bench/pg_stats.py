@@ -1,4 +1,4 @@
-"""What PostgreSQL did for one run's database: per statement, per table, and WAL.
+"""What PostgreSQL did for one run's database: per statement, per table, WAL and commits.
 
 For ``bench/e2e.py --pg-stats``, against a cluster of its own (the WAL figure is the
 whole cluster's) with ``pg_stat_statements`` preloaded and created in the ``postgres``
