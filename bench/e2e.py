@@ -25,7 +25,9 @@ fresh exchange and queue names:
 - **RSS**: peak resident set (``VmHWM``) of each replica; the largest is reported.
 - **latency**: with the replica(s) still running, events published one by one at a fixed
   ``--latency-rate`` (200 events/s) for ``--latency-seconds``; latency = last of the event's three receipts
-  minus the ``time.time()`` taken just before its publish.
+  minus the ``time.time()`` taken just before its publish; PostgreSQL CPU per event of the
+  phase as in the drain (``latency.pg_cpu_ms_per_event``, by backend type in
+  ``latency_pg_cpu_s_by_backend``).
 - **sms down**: the drain again at 1 replica with the SMS sink refusing connections from
   the start; email and webhook deliveries/s against the normal drain.
 
