@@ -25,7 +25,9 @@ fresh exchange and queue names:
 - **RSS**: peak resident set (``VmHWM``) of each replica; the largest is reported.
 - **latency**: with the replica(s) still running, events published one by one at a fixed
   ``--latency-rate`` (200 events/s) for ``--latency-seconds``; latency = last of the event's three receipts
-  minus the ``time.time()`` taken just before its publish.
+  minus the ``time.time()`` taken just before its publish; PostgreSQL CPU per event of the
+  phase as in the drain (``latency.pg_cpu_ms_per_event``, by backend type in
+  ``latency_pg_cpu_s_by_backend``).
 - **sms down**: the drain again at 1 replica with the SMS sink refusing connections from
   the start; email and webhook deliveries/s against the normal drain.
 
@@ -496,9 +498,15 @@ async def run_scenario(
         counted = n
         if down is None and latency_seconds > 0:
             await stats.start()  # again: with a latency phase, the figures are its own
+            pg_lat = PgCpu(db)
+            await pg_lat.start()
             result["latency"] = await latency_phase(
                 exchange, latency_seconds, latency_rate, sinks, procs
             )
+            result["latency"]["pg_cpu_ms_per_event"] = (
+                await pg_lat.stop() * 1000 / result["latency"]["events"]
+            )
+            result["latency_pg_cpu_s_by_backend"] = pg_lat.by_type()
             result["peak_rss_mb"] = max(p.peak_rss_mb() for p in procs)
             counted = result["latency"]["events"]
         result |= await load.stop()
@@ -709,20 +717,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def limit_ratios(dispatcher: dict[str, Any], limit: dict[str, Any]) -> dict[str, float]:
     """Issue 15's figures as dispatcher / limit (1 replica, medians of the run)."""
     out: dict[str, float] = {}
-    for section, key in (
-        ("drain", "events_per_s"),
-        ("drain", "cpu_ms_per_event"),
-        ("drain", "pg_cpu_ms_per_event"),
-        ("drain", "peak_rss_mb"),
-        ("latency", "p50_ms"),
-        ("latency", "p99_ms"),
+    for section, key, name in (
+        ("drain", "events_per_s", "events_per_s"),
+        ("drain", "cpu_ms_per_event", "cpu_ms_per_event"),
+        ("drain", "pg_cpu_ms_per_event", "pg_cpu_ms_per_event"),
+        ("drain", "peak_rss_mb", "peak_rss_mb"),
+        ("latency", "p50_ms", "p50_ms"),
+        ("latency", "p99_ms", "p99_ms"),
+        ("latency", "pg_cpu_ms_per_event", "latency_pg_cpu_ms_per_event"),
     ):
         mine, floor = (
             dispatcher.get(section, {}).get(key),
             limit.get(section, {}).get(key),
         )
         if mine is not None and floor:
-            out[key] = mine / floor
+            out[name] = mine / floor
     p50 = (
         dispatcher.get("latency", {}).get("p50_ms"),
         limit.get("latency", {}).get("p50_ms"),

@@ -1,4 +1,4 @@
-"""What PostgreSQL did for one run's database: per statement, per table, and WAL.
+"""What PostgreSQL did for one run's database: per statement, per table, WAL and commits.
 
 For ``bench/e2e.py --pg-stats``, against a cluster of its own (the WAL figure is the
 whole cluster's) with ``pg_stat_statements`` preloaded and created in the ``postgres``
@@ -41,6 +41,10 @@ _STATEMENTS = """
     ORDER BY total_exec_time DESC
 """
 
+#: Transactions committed in the database (``pg_stat_database`` is flushed by each
+#: backend when it goes idle, like the table counters).
+_COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = $1"
+
 
 def label(query: str) -> str:
     """A statement's first words, whitespace collapsed."""
@@ -54,6 +58,7 @@ class PgStats:
         self._database = database
         self._enabled = enabled
         self._lsn = ""
+        self._commits = 0
         self._tables: dict[str, dict[str, int]] = {}
 
     async def _tables_now(self) -> dict[str, dict[str, int]]:
@@ -78,6 +83,7 @@ class PgStats:
                 self._database,
             )
             self._lsn = await admin.fetchval("SELECT pg_current_wal_lsn()::text")
+            self._commits = await admin.fetchval(_COMMITS, self._database)
         finally:
             await admin.close()
         self._tables = await self._tables_now()
@@ -101,6 +107,7 @@ class PgStats:
                 self._lsn,
             )
             statements = await admin.fetch(_STATEMENTS, self._database)
+            commits = await admin.fetchval(_COMMITS, self._database)
         finally:
             await admin.close()
         tables = await self._tables_now()
@@ -115,6 +122,7 @@ class PgStats:
         return {
             "events": events,
             "wal_bytes_per_event": float(wal) / events,
+            "commits_per_event": (commits - self._commits) / events,
             "tables_per_event": per_table,
             "statements_per_event": [
                 {
@@ -164,14 +172,18 @@ def markdown(path: str) -> str:
             continue
         out.append(
             f"{run['scenario']} (repeat {run.get('repeat')}), "
-            f"WAL {stats['wal_bytes_per_event']:.0f} B/event"
+            f"WAL {stats['wal_bytes_per_event']:.0f} B/event, "
+            f"commits {stats.get('commits_per_event', 0):.2f}/event"
         )
-        out.append("| statement | calls | ms | rows | hit | dirtied | WAL B |")
+        out.append(
+            "| statement | calls | ms | rows | ms/call | rows/call | hit | dirtied | WAL B |"
+        )
         for s in stats["statements_per_event"]:
             name = short(s["statement"])
             if name:
                 out.append(
                     f"| {name} | {s['calls']:.3f} | {s['exec_ms']:.3f} | {s['rows']:.2f}"
+                    f" | {s['exec_ms'] / s['calls']:.3f} | {s['rows'] / s['calls']:.1f}"
                     f" | {s['blks_hit']:.1f} | {s['blks_dirtied']:.3f} | {s['wal_bytes']:.0f} |"
                 )
         out.append("| table | ins | upd | hot | heap B | index B | indexes |")

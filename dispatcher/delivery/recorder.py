@@ -1,5 +1,12 @@
 """Group commit of delivery outcomes: every attempt and state change, batched per transaction.
 
+Outcomes that arrive one by one (a steady trickle of events, each finishing on three
+channels at slightly different times) wait up to ``LINGER`` for others before they are
+written, so a statement and a commit serve several of them instead of one: PostgreSQL's
+work per outcome is mostly per statement at that rate (docs/benchmarks.md). The attempt is
+over by then and its slot free; only the row's new state is later. A backlog never waits:
+the oldest outcome has usually waited that long while the previous batch was written.
+
 An outcome waiting here belongs to a delivery that is still leased to this replica. If it
 waited past the lease, another claim would send the delivery again, once per lease for as
 long as the recorder stays stuck. So the recorder gives up on a statement that hangs (a
@@ -10,6 +17,7 @@ tells the workers to stop claiming meanwhile (``stalled``). Log lines about an o
 """
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -20,10 +28,11 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
+from dispatcher.db.kept import KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.errors import DispatcherError, StorageConflict, StorageUnavailable
 from dispatcher.outbox.outcomes import (
+    OUTCOME_SESSION,
     Applied,
     AuditNote,
     DeadLettered,
@@ -43,6 +52,10 @@ STALL_AFTER = 2.0
 RECORD_TIMEOUT = 10.0
 #: This many outcomes waiting also stop claims: the recorder has fallen behind.
 MAX_WAITING = 2000
+#: How long the oldest unwritten outcome waits for others to share its statement.
+LINGER = 0.02
+#: A batch this big is written at once, lingering or not.
+LINGER_UNTIL = 64
 
 
 @dataclass(slots=True)
@@ -72,14 +85,16 @@ class Recorder:
         timeout: float = RECORD_TIMEOUT,
         stall_after: float = STALL_AFTER,
         max_waiting: int = MAX_WAITING,
+        linger: float = LINGER,
     ) -> None:
-        self._link = KeptConnection(engine, settings=CUSTOM_PLANS)
+        self._link = KeptConnection(engine, settings=OUTCOME_SESSION)
         self._lease_link = KeptConnection(engine)
         self._on_dead = on_dead
         self._batch_max = batch_max
         self._timeout = timeout
         self._stall_after = stall_after
         self._max_waiting = max_waiting
+        self._linger = linger
         self._outcomes: list[_Waiting] = []
         #: The batch the current statement writes, oldest first.
         self._writing: list[_Waiting] = []
@@ -214,6 +229,7 @@ class Recorder:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            await self._lingered()
             batch, self._outcomes = (
                 self._outcomes[: self._batch_max],
                 self._outcomes[self._batch_max :],
@@ -243,6 +259,20 @@ class Recorder:
             self._progress = asyncio.Event()
             backoff.reset()
             self._report(results)
+
+    async def _lingered(self) -> None:
+        """Until the oldest outcome has waited ``linger``, or enough wait, or stopping."""
+        if not self._outcomes:
+            return  # audit notes alone: as they come
+        due = self._outcomes[0].since + self._linger
+        while not self._stopping and len(self._outcomes) < LINGER_UNTIL:
+            delay = due - time.monotonic()
+            if delay <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wakeup.wait()
 
     def _report(self, results: list[tuple[Outcome, Applied | None]]) -> None:
         """Log what was committed, and hand dead letters to the mirror."""

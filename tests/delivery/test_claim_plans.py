@@ -1,10 +1,11 @@
-"""Claims and outcomes are planned for each execution, never from a kept generic plan.
+"""Claims are planned for each execution, never from a kept generic plan.
 
 A generic plan made while ``deliveries`` was small scanned the whole of ``deliveries``
-and ``events`` on every claim and every batch of outcomes, until an autoanalyze happened
-to replace it (docs/benchmarks.md, "Why the drain had two speeds"). What each session
-planned is in its ``pg_prepared_statements``; the claim connection and the recorder's are
-asked once the backlog is delivered and both are idle.
+and ``events`` on every claim until an autoanalyze happened to replace it
+(docs/benchmarks.md, "Why the drain had two speeds"). What the claim connection planned
+is in its ``pg_prepared_statements``, asked once the backlog is delivered and it is idle.
+Outcomes run one generic plan pinned to primary-key lookups instead (``OUTCOME_SESSION``,
+checked by tests/integration/test_outcome_writes.py).
 """
 
 from typing import Any
@@ -31,11 +32,11 @@ async def plans(conn: Any) -> list[tuple[int, int]]:
     return [(r["generic_plans"], r["custom_plans"]) for r in rows]
 
 
-async def test_claims_and_outcomes_never_run_a_generic_plan(
+async def test_claims_never_run_a_generic_plan(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
-    """A backlog claimed and recorded in many statements runs every one of them on a
-    plan made for its own arguments."""
+    """A backlog claimed in many statements runs every claim on a plan made for its own
+    arguments."""
     # Two slots and a long sweep: the backlog is claimed two rows at a time, by freed
     # slots, and once it is delivered nothing uses the two connections.
     channel = webhook_channel(
@@ -50,13 +51,10 @@ async def test_claims_and_outcomes_never_run_a_generic_plan(
         ids = await s.publish(*[event_to(MONITOR) for _ in range(30)])
         await s.wait_final(ids, count=30)
         assert s.delivery is not None
-        await s.delivery.recorder.flush()
         worker = s.delivery.workers[ChannelKind.WEBHOOK]
         assert worker.claims > 6
         claims = await plans(await worker._link.driver())
-        outcomes = await plans(await s.delivery.recorder._link.driver())
     assert sum(custom for _, custom in claims) > 6
-    assert sum(custom for _, custom in outcomes) > 6
-    assert [generic for generic, _ in claims + outcomes] == [0] * len(claims + outcomes)
+    assert [generic for generic, _ in claims] == [0] * len(claims)
     assert len(webhook_sink.accepted) == 30
     assert webhook_sink.duplicates() == []

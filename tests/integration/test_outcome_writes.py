@@ -1,14 +1,18 @@
-"""What a delivery's claim and outcome write: on the row's own page, attempts with lineage."""
+"""What a delivery's claim and outcome write: on the row's own page, attempts with lineage;
+and how the outcome statement finds its rows."""
 
 import json
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.db.kept import KeptConnection
 from dispatcher.db.states import DeliveryStatus
-from dispatcher.outbox.outcomes import Outcome
+from dispatcher.outbox.outcomes import _COMPLETE, OUTCOME_SESSION, Outcome
 from tests.integration.test_outbox_store import (
     attempt_record,
     claim_now,
@@ -108,3 +112,37 @@ async def test_attempts_carry_the_replay_also_when_the_outcome_is_fenced(
         (kept, "replay", replay_id),
         (fenced, "replay", replay_id),
     ]
+
+
+def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
+    """(node type, relation, index) of every node that names a table."""
+    if "Relation Name" in node:
+        yield node["Node Type"], node["Relation Name"], node.get("Index Name")
+    for child in node.get("Plans", []):
+        yield from _scans(child)
+
+
+async def test_the_outcome_plan_made_on_an_empty_table_reads_deliveries_by_key(
+    engine: AsyncEngine,
+) -> None:
+    """The recorder's session makes one generic plan of the outcome statement, and even
+    made while ``deliveries`` is empty it finds each row by primary key: never a scan of
+    the table (which it would keep doing as the table grows)."""
+    link = KeptConnection(engine, settings=OUTCOME_SESSION)
+    async with link.held():
+        conn = await link.driver()
+        await conn.execute("PREPARE outcome AS " + _COMPLETE.sql)
+        nulls = ", ".join(["NULL"] * len(_COMPLETE.names))
+        # The engine's codecs decode the JSON.
+        explained = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) EXECUTE outcome({nulls})"
+        )
+        plan = explained[0]["Plan"]
+        await conn.execute("DEALLOCATE outcome")
+    reads = [
+        (kind, index)
+        for kind, rel, index in _scans(plan)
+        if rel == "deliveries" and kind != "ModifyTable"
+    ]
+    assert reads, plan
+    assert all(index == "pk_deliveries" for _, index in reads), reads
