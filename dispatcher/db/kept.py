@@ -26,13 +26,6 @@ _SESSION_BUSY = text(
     " OR clock_timestamp() - state_change < make_interval(secs => :grace)"
     " FROM pg_stat_activity WHERE pid = :pid"
 )
-#: Session settings for a connection whose statements read ``deliveries`` through arrays
-#: of ids (claims, outcomes): plan each execution for its own arguments and the table as
-#: it is now. After five executions PostgreSQL may keep a generic plan made while the
-#: table was small, one that scans the whole of ``deliveries`` and ``events`` on every
-#: claim and every batch of outcomes, and keep it until an (auto)analyze happens to
-#: replace it: the drain's two speeds (docs/benchmarks.md, "Why the drain had two speeds").
-CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
 _SET_SESSION = (
     "SELECT set_config(name, value, false)"
     " FROM unnest($1::text[], $2::text[]) AS s(name, value)"

@@ -52,8 +52,6 @@ class ExpirySweep:
         self.interval = min(SWEEP_SECONDS, 30 * settings.poll_interval)
         self._next = clock() + self.interval
         self._max_ages = {s.priority: settings.policy_for(s).max_age for s in Severity}
-        #: Rows dead-lettered by the sweep so far; for tests and logs.
-        self.expired = 0
 
     @staticmethod
     def blocked(providers: Providers) -> list[str] | None:
@@ -113,5 +111,4 @@ class ExpirySweep:
             )
         if len(rows) == BATCH:
             self._next = self._clock()
-        self.expired += len(rows)
         return len(rows)

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
-from dispatcher.db.kept import CUSTOM_PLANS, KeptConnection
+from dispatcher.db.kept import KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.expiry import ExpirySweep
@@ -28,7 +28,7 @@ from dispatcher.delivery.reservations import SlotReservations
 from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
-from dispatcher.outbox.claims import Claimed, claim
+from dispatcher.outbox.claims import CLAIM_SESSION, Claimed, claim
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.telemetry import metrics, tracing
@@ -56,7 +56,7 @@ class ChannelWorker(SlotReservations):
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.kind = kind
-        self._link = KeptConnection(engine, settings=CUSTOM_PLANS)
+        self._link = KeptConnection(engine, settings=CLAIM_SESSION)
         self._providers = providers
         self._recorder = recorder
         self._settings = settings

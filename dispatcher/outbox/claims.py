@@ -21,6 +21,15 @@ from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
 OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
 
 
+#: Session settings of the connection that runs the claims (a channel worker's): plan each
+#: execution for its own arguments and the table as it is now. After five executions
+#: PostgreSQL may keep a generic plan made while ``deliveries`` was small, one that scans
+#: the whole of ``deliveries`` and ``events`` on every claim, and keep it until an
+#: (auto)analyze happens to replace it: the drain's two speeds (docs/benchmarks.md, "Why
+#: the drain had two speeds"). Outcomes pin a plan instead (``outcomes.OUTCOME_SESSION``).
+CLAIM_SESSION = {"plan_cache_mode": "force_custom_plan"}
+
+
 #: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
 #: picked from ``candidates``, and return it most urgent first, oldest due first, each
 #: row with the claim's ``report`` (considered, capped); one row of NULLs and the report
