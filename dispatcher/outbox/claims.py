@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
+from dispatcher.db.plans import INDEX_PLANS
 from dispatcher.db.sql import Executor, Statement, from_row
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
 
@@ -21,44 +22,45 @@ from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
 OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
 
 
-#: Session settings of the connection that runs the claims (a channel worker's): plan each
-#: execution for its own arguments and the table as it is now. After five executions
-#: PostgreSQL may keep a generic plan made while ``deliveries`` was small, one that scans
-#: the whole of ``deliveries`` and ``events`` on every claim, and keep it until an
-#: (auto)analyze happens to replace it: the drain's two speeds (docs/benchmarks.md, "Why
-#: the drain had two speeds"). Outcomes pin a plan instead (``outcomes.OUTCOME_SESSION``).
-CLAIM_SESSION = {"plan_cache_mode": "force_custom_plan"}
+#: Session settings of the connection that runs the claims (a channel worker's): each
+#: claim is planned once, generically, through the indexes whatever the statistics said
+#: when the plan was made (``db/plans.py``). Planned afresh on every call, a claim spent
+#: about as long planning as executing (docs/benchmarks.md, "Claims plan once"); a generic
+#: plan left to PostgreSQL could scan the whole of ``deliveries`` and ``events`` for ever.
+CLAIM_SESSION = INDEX_PLANS
 
 
-#: The end of both claims: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
-#: picked from ``candidates``, and return it most urgent first, oldest due first, each
-#: row with the claim's ``report`` (considered, capped); one row of NULLs and the report
-#: when nothing was leased, since the report matters then too. By primary key from an
-#: array rather than a join with ``chosen``: PostgreSQL cannot see the LIMITs, and after
-#: five runs it may keep a generic plan that estimates thousands of rows and hash-joins
-#: whole tables here (docs/benchmarks.md, "A blocked endpoint's backlog").
 def lease_expiry(seconds: str) -> str:
     """SQL: when a lease of ``seconds`` (an SQL expression) taken now runs out; a claim's
     and the fast path's insert's (``ingest/store.py``)."""
     return f"now() + make_interval(secs => {seconds})"
 
 
+#: The end of every claim: lease what the ``chosen`` CTE (id, priority, next_attempt_at)
+#: picked from ``candidates``, and return it most urgent first, oldest due first (the
+#: order the lease overwrites, so it travels as ``ord``), each row with the claim's
+#: ``report`` (considered, capped); one row of NULLs and the report when nothing was
+#: leased, since the report matters then too. The chosen ids are an array walked in
+#: order, each row found by primary key: a nested loop of one index probe per row, never
+#: a join over a scan, and never a join of ``chosen`` with ``leased`` (with hash joins
+#: ruled out, ``db/plans.py``, that would compare every pair).
 _LEASE_CHOSEN = f"""
     , leased AS (
         UPDATE deliveries AS d
         SET status = 'in_flight', attempts = d.attempts + 1, lease_token = gen_random_uuid(),
             lease_owner = :owner, next_attempt_at = {lease_expiry(":lease")},
             updated_at = now()
-        FROM events AS e
-        WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND e.id = d.event_id
+        FROM unnest(ARRAY(SELECT id FROM chosen ORDER BY priority, next_attempt_at))
+             WITH ORDINALITY AS c(id, ord),
+             events AS e
+        WHERE d.id = c.id AND e.id = d.event_id
         RETURNING d.id, d.event_id, d.recipient, d.attempts, d.lease_token, d.priority,
-                  d.created_at, d.traceparent, d.replay_id, e.payload
+                  d.created_at, d.traceparent, d.replay_id, e.payload, c.ord
     )
     SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
            l.created_at, l.traceparent, l.replay_id, l.payload, r.considered, r.capped
-    FROM report AS r
-    LEFT JOIN (leased AS l JOIN chosen AS c USING (id)) ON true
-    ORDER BY c.priority, c.next_attempt_at
+    FROM report AS r LEFT JOIN leased AS l ON true
+    ORDER BY l.ord
     """  # noqa: S608 - constant SQL fragments; values are bound
 
 #: Email and SMS: one ordered scan of the channel's due rows. One statement, so it is its

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from dispatcher.db.plans import INDEX_PLANS
 from dispatcher.db.sql import Executor, Statement
 from dispatcher.db.states import DeliveryStatus
 
@@ -85,23 +86,11 @@ _COMPLETE = Statement.compile(
     """
 )
 
-#: Session settings of the connection that runs ``complete`` (the recorder's). Its plan is
-#: made once, generic, and reaches each delivery by primary key whatever the table's
-#: statistics say. PostgreSQL otherwise plans it afresh on every call while batches are
-#: small (its generic plan looks dearer than a custom one for a few rows): about as much
-#: CPU as executing it. And a generic plan made while ``deliveries`` is small (a new
-#: database, a replica started early) joins by a hash over a scan of the whole table, and
-#: keeps doing so as the table grows, until an ANALYZE invalidates it: every outcome then
-#: reads every delivery. Scans and hash or merge joins are never the right way to find a
-#: few rows by key, so they are ruled out for this session (the foreign-key check the
-#: attempts' insert fires is planned under the same settings). docs/benchmarks.md has
-#: the figures; tests/integration/test_outcome_writes.py checks the plan.
-OUTCOME_SESSION = {
-    "plan_cache_mode": "force_generic_plan",
-    "enable_seqscan": "off",
-    "enable_hashjoin": "off",
-    "enable_mergejoin": "off",
-}
+#: Session settings of the connection that runs ``complete`` (the recorder's): one
+#: generic plan, reaching each delivery by primary key whatever the statistics said when
+#: it was made (``db/plans.py``); the foreign-key check the attempts' insert fires is
+#: planned under the same settings. tests/integration/test_outcome_writes.py checks it.
+OUTCOME_SESSION = INDEX_PLANS
 
 #: Extend the leases still held by these claims, skipping rows another statement has
 #: locked (a claim taking an expired lease, or a recording statement still running): it

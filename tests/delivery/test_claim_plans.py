@@ -1,20 +1,24 @@
-"""Claims are planned for each execution, never from a kept generic plan.
+"""Claims run one generic plan each, made to find rows through indexes.
 
-A generic plan made while ``deliveries`` was small scanned the whole of ``deliveries``
-and ``events`` on every claim until an autoanalyze happened to replace it
-(docs/benchmarks.md, "Why the drain had two speeds"). What the claim connection planned
-is in its ``pg_prepared_statements``, asked once the backlog is delivered and it is idle.
-Outcomes run one generic plan pinned to primary-key lookups instead (``OUTCOME_SESSION``,
-checked by tests/integration/test_outcome_writes.py).
+Planned afresh on every call, a claim spent about as long planning as executing; and a
+generic plan left to PostgreSQL, made while ``deliveries`` was small, scanned the whole
+of ``deliveries`` and ``events`` on every claim until an autoanalyze happened to replace
+it (docs/benchmarks.md, "Why the drain had two speeds", "Claims plan once"). The claim
+connection's session (``CLAIM_SESSION``, ``db/plans.py``) plans once, by index.
 """
 
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.db.kept import KeptConnection
+from dispatcher.db.sql import Statement
 from dispatcher.events.kinds import ChannelKind
+from dispatcher.outbox.claims import _CLAIM, _CLAIM_LANES, _EXPIRED, CLAIM_SESSION
 from dispatcher.sinks.webhook import WebhookSink
 from tests.delivery.harness import StackFactory, event_to, webhook_channel
+from tests.plans import generic_plan, nodes, scans
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -32,11 +36,11 @@ async def plans(conn: Any) -> list[tuple[int, int]]:
     return [(r["generic_plans"], r["custom_plans"]) for r in rows]
 
 
-async def test_claims_never_run_a_generic_plan(
+async def test_claims_are_planned_once_not_per_call(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
-    """A backlog claimed in many statements runs every claim on a plan made for its own
-    arguments."""
+    """A backlog claimed in many statements runs every claim on the plan made once for
+    it: no claim is planned for its own arguments."""
     # Two slots and a long sweep: the backlog is claimed two rows at a time, by freed
     # slots, and once it is delivered nothing uses the two connections.
     channel = webhook_channel(
@@ -54,7 +58,32 @@ async def test_claims_never_run_a_generic_plan(
         worker = s.delivery.workers[ChannelKind.WEBHOOK]
         assert worker.claims > 6
         claims = await plans(await worker._link.driver())
-    assert sum(custom for _, custom in claims) > 6
-    assert [generic for generic, _ in claims] == [0] * len(claims)
+    assert sum(generic for generic, _ in claims) > 6
+    assert [custom for _, custom in claims] == [0] * len(claims)
     assert len(webhook_sink.accepted) == 30
     assert webhook_sink.duplicates() == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [_CLAIM, _CLAIM_LANES, _EXPIRED],
+    ids=["channel-wide", "per-endpoint", "expired"],
+)
+async def test_a_claim_plan_made_on_an_empty_table_reads_rows_by_index(
+    engine: AsyncEngine, statement: Statement
+) -> None:
+    """Even made while ``deliveries`` and ``events`` are empty (a new database), the
+    claim connection's plan reads both only through indexes, and joins by nested loops:
+    never a scan of a table, which it would keep doing as the table grows."""
+    link = KeptConnection(engine, settings=CLAIM_SESSION)
+    async with link.held():
+        plan = await generic_plan(await link.driver(), statement)
+    reads = [
+        (kind, rel, index)
+        for kind, rel, index in scans(plan)
+        if rel in ("deliveries", "events") and kind != "ModifyTable"
+    ]
+    assert {rel for _, rel, _ in reads} >= {"deliveries", "events"}, plan
+    assert all(index is not None for _, _, index in reads), reads
+    joins = {n["Node Type"] for n in nodes(plan)} & {"Hash Join", "Merge Join"}
+    assert not joins, plan

@@ -3,8 +3,6 @@ and how the outcome statement finds its rows."""
 
 import json
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,6 +17,7 @@ from tests.integration.test_outbox_store import (
     complete_now,
     seed,
 )
+from tests.plans import generic_plan, scans
 
 pytestmark = pytest.mark.postgres
 
@@ -114,14 +113,6 @@ async def test_attempts_carry_the_replay_also_when_the_outcome_is_fenced(
     ]
 
 
-def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
-    """(node type, relation, index) of every node that names a table."""
-    if "Relation Name" in node:
-        yield node["Node Type"], node["Relation Name"], node.get("Index Name")
-    for child in node.get("Plans", []):
-        yield from _scans(child)
-
-
 async def test_the_outcome_plan_made_on_an_empty_table_reads_deliveries_by_key(
     engine: AsyncEngine,
 ) -> None:
@@ -130,18 +121,10 @@ async def test_the_outcome_plan_made_on_an_empty_table_reads_deliveries_by_key(
     the table (which it would keep doing as the table grows)."""
     link = KeptConnection(engine, settings=OUTCOME_SESSION)
     async with link.held():
-        conn = await link.driver()
-        await conn.execute("PREPARE outcome AS " + _COMPLETE.sql)
-        nulls = ", ".join(["NULL"] * len(_COMPLETE.names))
-        # The engine's codecs decode the JSON.
-        explained = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) EXECUTE outcome({nulls})"
-        )
-        plan = explained[0]["Plan"]
-        await conn.execute("DEALLOCATE outcome")
+        plan = await generic_plan(await link.driver(), _COMPLETE)
     reads = [
         (kind, index)
-        for kind, rel, index in _scans(plan)
+        for kind, rel, index in scans(plan)
         if rel == "deliveries" and kind != "ModifyTable"
     ]
     assert reads, plan
