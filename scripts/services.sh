@@ -55,6 +55,11 @@ _dispatcher_services() (
     for _ in $(seq 1 90); do rabbit_up && break; sleep 1; done
     rabbit_up || { say "RabbitMQ did not start within 90 s (see /var/log/rabbitmq)"; exit 1; }
     as_root rabbitmqctl await_startup --timeout 60 >/dev/null 2>&1 || true
+    # Tests and benches name their queues test.* and bench.*; the broker deletes any left
+    # behind (a killed run) after an hour unused. Hundreds of leftover quorum queues once
+    # hung a developer's node. Policies are stored by the node, so once per start is enough.
+    as_root rabbitmqctl set_policy --apply-to queues leftover-test-queues '^(test|bench)\.' \
+      '{"expires": 3600000}' >/dev/null 2>&1 || say "could not set the leftover-queue policy"
   fi
 
   # Virtualenv from pyproject.toml, rebuilt only when pyproject.toml changes.
