@@ -138,19 +138,28 @@ class SlotReservations:
         return self._settings.lease_seconds
 
     def _start_ready(self) -> None:
-        """Start rows claimed ahead in the slots free for them, most urgent first; give
-        back those too old to start. None while stopping or while outcomes are not being
-        recorded (as claims, ``ChannelWorker._hold_claims``)."""
+        """Start rows claimed ahead in the slots free for them, most urgent first, each
+        only while its recipient has room under the cap (a row at its cap waits, later
+        ones of other recipients start); give back those too old to start. None while
+        stopping or while outcomes are not being recorded (as claims,
+        ``ChannelWorker._hold_claims``)."""
         if self._stopping or self._recorder.stalled():
             return
-        while (head := self._ready.head_priority()) is not None and (
-            self._slots.free() > 0
-            and (head <= _CRITICAL or self._slots.general_free() > 0)
-        ):
-            row, stale = self._ready.take()
+        while len(self._ready) and self._slots.free() > 0:
+            row, stale = self._ready.take(self._may_start)
             self._give_back(stale)
-            if row is not None:
-                self._launch(row)
+            if row is None:
+                return
+            self._slots.count(row.recipient)
+            self._launch(row)
+
+    def _may_start(self, row: Claimed) -> bool:
+        """A free slot may take ``row``: reserved slots only critical rows, and its
+        recipient has room under the cap."""
+        cap = self._settings.max_inflight_per_recipient
+        return (row.priority <= _CRITICAL or self._slots.general_free() > 0) and (
+            cap is None or self._slots.per_recipient[row.recipient] < cap
+        )
 
     def _give_back(self, rows: Sequence[Claimed]) -> None:
         """Rows claimed ahead and never started: pending and due again, the attempt the
@@ -160,7 +169,6 @@ class SlotReservations:
         now = datetime.now(UTC)
         self.given_back += len(rows)
         for row in rows:
-            self._slots.release(row.recipient)
             self._recorder.add(
                 Outcome(
                     row.id,

@@ -1,7 +1,9 @@
 """A channel worker's slots: attempts in flight and slots held for the fast path.
 
 Both count as taken, for the claims and for the fast path alike, and both count against
-their recipient's cap: a slot held for a row being inserted is as good as an attempt.
+their recipient's cap: a slot held for a row being inserted is as good as an attempt. Rows
+claimed ahead and waiting for a slot (``delivery/ready.py``) are not in flight: they count
+here only once started.
 """
 
 import asyncio
@@ -48,6 +50,10 @@ class Slots:
         self._held_general -= priority > _CRITICAL
         if not self.held:
             self._none_held.set()
+
+    def count(self, recipient: str) -> None:
+        """A leased row is about to start: count it against its recipient's cap."""
+        self.per_recipient[recipient] += 1
 
     def start(self, task: asyncio.Task[None], priority: int, recipient: str) -> None:
         """An attempt in a slot; its recipient is already counted."""

@@ -264,14 +264,12 @@ class ChannelWorker(SlotReservations):
                     owner=self._owner,
                     blocked=self._providers.blocked_recipients(),
                     max_priority=max_priority,
-                    cap=self._settings.max_inflight_per_recipient,
-                    in_flight=self._slots.per_recipient,
+                    cap=self._claim_cap(ahead),
+                    in_flight=self._slots.per_recipient + self._ready.per_recipient,
                 )
         finally:
             self._claiming = False
         self.claimed += len(rows)
-        for row in rows:
-            self._slots.per_recipient[row.recipient] += 1
         waiting = len(self._ready)
         self._ready.add(rows)
         self._start_ready()
@@ -303,9 +301,20 @@ class ChannelWorker(SlotReservations):
         self._slots.start(task, row.priority, row.recipient)
         task.add_done_callback(self._finished)
 
-    def _room(self, recipient: str) -> int:
+    def _claim_cap(self, ahead: int) -> int | None:
+        """The cap a claim applies to a recipient's attempts and rows claimed ahead
+        together: its cap, and as much again while the claim claims ahead
+        (delivery/ready.py), so an endpoint at its cap still has rows ready to start."""
         cap = self._settings.max_inflight_per_recipient
-        return 0 if cap is None else cap - self._slots.per_recipient[recipient]
+        return None if cap is None else cap + (cap if ahead else 0)
+
+    def _room(self, recipient: str) -> int:
+        """Rows of ``recipient`` a claim that does not claim ahead could start now."""
+        cap = self._settings.max_inflight_per_recipient
+        busy = (
+            self._slots.per_recipient[recipient] + self._ready.per_recipient[recipient]
+        )
+        return 0 if cap is None else cap - busy
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._freed(self._slots.finish(task))

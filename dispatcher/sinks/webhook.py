@@ -1,8 +1,9 @@
 """A local webhook receiver for tests and the demo, with faults controllable at run time.
 
-It records every request (path, headers, raw body, receipt time) and counts the
+It records every request (path, headers, raw body, receipt time), counts the
 accepted (2xx) ones per ``webhook-id``, so a test can assert that nothing was accepted
-twice. It never logs: bodies are health data, and its access log is off.
+twice, and keeps the most requests it handled at once per path (``peak_concurrent``), so
+a test can assert a per-endpoint cap as the receiver sees it. It never logs: bodies are health data, and its access log is off.
 """
 
 import asyncio
@@ -77,6 +78,9 @@ class WebhookSink(HttpSink[ReceivedRequest]):
         self._release = asyncio.Event()
         #: Accepted (2xx) requests per ``webhook-id``.
         self.accepted: Counter[str] = Counter()
+        #: Requests being handled now, and the most ever handled at once, per path.
+        self._open: Counter[str] = Counter()
+        self.peak_concurrent: Counter[str] = Counter()
 
     def url(self, path: str = "/") -> str:
         scheme = "https" if self._ssl else "http"
@@ -111,6 +115,10 @@ class WebhookSink(HttpSink[ReceivedRequest]):
     def hang(self, path: str, *, times: int | None = None) -> None:
         """Read the request, then never answer (until the sink stops)."""
         self._faults[path] = _Fault(kind="hang", times=times)
+
+    def release(self) -> None:
+        """Answer the requests ``hang`` holds (503), and every later one at once."""
+        self._release.set()
 
     def trickle(
         self,
@@ -169,6 +177,15 @@ class WebhookSink(HttpSink[ReceivedRequest]):
         return fault
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        self._open[path] += 1
+        self.peak_concurrent[path] = max(self.peak_concurrent[path], self._open[path])
+        try:
+            return await self._receive(request)
+        finally:
+            self._open[path] -= 1
+
+    async def _receive(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
         received_at = time.time()
         fault = self._take(request.path)
