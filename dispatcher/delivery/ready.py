@@ -16,7 +16,8 @@ head-of-line blocking). What a claim may lease per recipient is bounded instead:
 is ``cap + allowance - (in flight + waiting here)``, where the allowance is ``cap`` while
 the claim claims ahead and 0 otherwise. So an endpoint at its cap has at most ``cap`` rows
 waiting here, and a claim that does not claim ahead leases no more of a recipient's rows
-than can start at once. Overall at most ``capacity`` rows wait, as before.
+than can start at once. Overall at most ``capacity`` rows wait (the worker makes it twice
+its slots).
 
 A row here is leased like any claimed row, so nobody else sends it. It is started only
 while its lease is young: at most ``max_age`` seconds old (half of what the lease has

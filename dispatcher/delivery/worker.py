@@ -74,9 +74,11 @@ class ChannelWorker(SlotReservations):
         cap = settings.max_inflight_per_recipient
         self._cap_refill = max(1, cap // 4) if cap is not None else 1
         self._backlog_priority: int | None = None
-        #: Critical rows claimed ahead of free slots (delivery/ready.py).
+        #: Critical rows claimed ahead of free slots (delivery/ready.py): twice the
+        #: slots, so a backlog's claims lease about 1.5 x concurrency rows each.
         self._ready = ReadyRows(
-            settings.concurrency, (settings.lease_seconds - settings.try_seconds()) / 2
+            2 * settings.concurrency,
+            (settings.lease_seconds - settings.try_seconds()) / 2,
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False

@@ -41,7 +41,8 @@ async def test_a_critical_backlog_takes_a_claim_per_several_rows(
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     """A backlog of critical rows is claimed several rows a statement, not one per
-    freed slot, each row sent once."""
+    freed slot (twice the slots wait claimed ahead: 6 or more rows a claim with 8
+    slots, where as many as the slots gave 4-5), each row sent once."""
     webhook_sink.latency("/safety-monitor", 0.005, 0.02)
     async with stack(channels=monitor(webhook_sink)) as s:
         rows = await critical_backlog(s, webhook_sink, 120)
@@ -50,7 +51,7 @@ async def test_a_critical_backlog_takes_a_claim_per_several_rows(
         claimed, claims = worker.claimed, worker.claims
     assert {r.status for r in rows} == {"delivered"}
     assert claimed + worker.fast == 120
-    assert claims * 3 <= claimed
+    assert claims * 6 <= claimed, (claims, claimed)
     assert webhook_sink.duplicates() == []
 
 
