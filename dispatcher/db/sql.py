@@ -17,6 +17,7 @@ tests/unit/test_sql_literals.py.
 """
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +69,14 @@ class Statement:
 
 def from_row(cls: type[T], row: Mapping[Any, Any]) -> T:
     """A dataclass from a row, field by column name; fields the row lacks keep their
-    defaults."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    keys = row.keys()
-    return cls(**{f.name: row[f.name] for f in fields if f.name in keys})
+    defaults.
+
+    ``name in row`` asks for a column of that name, on a mapping and on an asyncpg
+    ``Record`` alike (whose ``keys()`` is a one-pass iterator, not a view).
+    """
+    return cls(**{name: row[name] for name in _field_names(cls) if name in row})
+
+
+@functools.cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
