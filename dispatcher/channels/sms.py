@@ -125,7 +125,7 @@ def _form(
     ``FormData`` with a multipart writer (a random boundary) that the form never uses.
     Only when the request says it is a form (twilio's headers do): aiohttp would
     otherwise take the Content-Type from the FormData."""
-    if data is None or (headers or {}).get("Content-Type") != _FORM:
+    if not isinstance(data, dict) or (headers or {}).get("Content-Type") != _FORM:
         return data
     return urlencode(data, doseq=True).encode()
 
