@@ -17,7 +17,6 @@ tests/unit/test_sql_literals.py.
 """
 
 import dataclasses
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,9 +73,12 @@ def from_row(cls: type[T], row: Mapping[Any, Any]) -> T:
     ``name in row`` asks for a column of that name, on a mapping and on an asyncpg
     ``Record`` alike (whose ``keys()`` is a one-pass iterator, not a view).
     """
-    return cls(**{name: row[name] for name in _field_names(cls) if name in row})
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+    return cls(**{name: row[name] for name in names if name in row})
 
 
-@functools.cache
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+#: Each dataclass's field names, read once (``dataclasses.fields`` filters per call).
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}

@@ -81,6 +81,7 @@ async def test_from_row_reads_asyncpg_records_by_name(engine: AsyncEngine) -> No
     asyncpg ``Record`` too (its ``keys()`` is a one-pass iterator, not a view)."""
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, asyncpg.Connection)
         shuffled = await raw.fetchrow("SELECT 'x' AS note, 'm' AS name, 1 AS id")
         partial = await raw.fetchrow("SELECT 'n' AS name, 0 AS extra, 7 AS id")
     assert from_row(_Row, shuffled) == _Row(1, "m", "x")
