@@ -220,8 +220,11 @@ async def _drain(response: aiohttp.ClientResponse, limit: int) -> None:
     """Read and drop up to ``limit`` body bytes, so the connection can be reused.
 
     The status is already known; a body that is too long, slow or broken only costs
-    the connection, never the verdict.
+    the connection, never the verdict. A body already received whole (the usual short
+    or empty one) leaves the connection reusable as it is: nothing to wait for.
     """
+    if response.content.is_eof():
+        return
     remaining = limit
     try:
         async with asyncio.timeout(DRAIN_SECONDS):

@@ -68,7 +68,17 @@ class Statement:
 
 def from_row(cls: type[T], row: Mapping[Any, Any]) -> T:
     """A dataclass from a row, field by column name; fields the row lacks keep their
-    defaults."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    keys = row.keys()
-    return cls(**{f.name: row[f.name] for f in fields if f.name in keys})
+    defaults.
+
+    ``name in row`` asks for a column of that name, on a mapping and on an asyncpg
+    ``Record`` alike (whose ``keys()`` is a one-pass iterator, not a view).
+    """
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields)
+    return cls(**{name: row[name] for name in names if name in row})
+
+
+#: Each dataclass's field names, read once (``dataclasses.fields`` filters per call).
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}

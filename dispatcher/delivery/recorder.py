@@ -112,7 +112,11 @@ class Recorder:
         """Queue an outcome; ``lease_seconds`` is its channel's lease, for renewals."""
         self._outcomes.append(_Waiting(outcome, lease_seconds, time.monotonic()))
         self._idle.clear()
-        self._wakeup.set()
+        # The writer waits for a first outcome, then lingers until the batch is due
+        # (its own timer) or full: the outcomes in between need not wake it, which
+        # would cost a task switch and a new timer per outcome.
+        if len(self._outcomes) == 1 or len(self._outcomes) >= LINGER_UNTIL:
+            self._wakeup.set()
 
     def note(self, kind: str, **detail: object) -> None:
         """Queue an audit entry (ids and codes only) for the next transaction."""

@@ -86,6 +86,21 @@ async def test_messaging_service(
     assert receipt.provider_code == "accepted"
 
 
+async def test_form_fields_arrive_intact(
+    twilio_sink: TwilioSink, make_channel: MakeChannel
+) -> None:
+    """Characters a form must escape (&, =, +, %, spaces, newlines, non-ASCII) reach
+    Twilio unchanged in every field: the adapter encodes the form itself."""
+    channel = make_channel(template="a&b=c+d 100% é ✓\n$subject_id")
+    await channel.send(_message(recipient="+1555&To=+1", subject_id="ß=&+"))
+    [sms] = twilio_sink.received
+    assert (sms.to, sms.from_, sms.body) == (
+        "+1555&To=+1",
+        FROM,
+        "a&b=c+d 100% é ✓\nß=&+",
+    )
+
+
 async def test_reuses_one_connection(
     twilio_sink: TwilioSink, make_channel: MakeChannel
 ) -> None:

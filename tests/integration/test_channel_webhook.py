@@ -272,6 +272,18 @@ async def test_slow_body_after_2xx_does_not_hold_the_attempt(
     assert time.monotonic() - started < 2.5
 
 
+async def test_sequential_sends_reuse_one_connection(
+    webhook_sink: WebhookSink, open_channel
+) -> None:
+    """A response received whole is not waited on, and leaves its connection reusable:
+    sequential sends to one endpoint go over one kept-alive connection."""
+    channel = open_channel(make_config(webhook_sink, monitor={}))
+    for _ in range(3):
+        assert (await channel.send(message("monitor"))).provider_code == "200"
+    assert len(webhook_sink.received_on("/monitor")) == 3
+    assert webhook_sink.open_connections == 1
+
+
 async def test_down_endpoint_is_a_connection_error_then_recovers(
     webhook_sink: WebhookSink, open_channel
 ) -> None:

@@ -2,6 +2,7 @@
 tests/unit/test_library_internals.py for the rest and for the failure message)."""
 
 import asyncio
+from dataclasses import dataclass
 
 import aio_pika
 import aiormq
@@ -11,6 +12,7 @@ from aiormq.abc import DeliveredMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
+from dispatcher.db.sql import from_row
 from dispatcher.errors import StorageConflict
 from tests.unit.test_library_internals import broken
 from tests.waiting import wait_for
@@ -64,6 +66,26 @@ async def test_aiormq_calls_a_swapped_consumer_with_the_bare_delivery(
         await raw.channel.basic_ack(raw.delivery_tag, multiple=True)
     finally:
         await channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    name: str
+    note: str | None = None
+
+
+@pytest.mark.postgres
+async def test_from_row_reads_asyncpg_records_by_name(engine: AsyncEngine) -> None:
+    """A row becomes a dataclass by column name whatever the columns' order, from an
+    asyncpg ``Record`` too (its ``keys()`` is a one-pass iterator, not a view)."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, asyncpg.Connection)
+        shuffled = await raw.fetchrow("SELECT 'x' AS note, 'm' AS name, 1 AS id")
+        partial = await raw.fetchrow("SELECT 'n' AS name, 0 AS extra, 7 AS id")
+    assert from_row(_Row, shuffled) == _Row(1, "m", "x")
+    assert from_row(_Row, partial) == _Row(7, "n")
 
 
 @pytest.mark.postgres

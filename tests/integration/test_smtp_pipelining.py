@@ -422,3 +422,17 @@ async def test_addresses_parsed_and_refused_as_sendmail_does(address: str) -> No
         assert got == expected
         await smtppipe.sendmail(pipe, SENDER, RECIPIENT, b"next")
     assert pipe_sink.received[-1].rcpt_tos == (RECIPIENT,)
+
+
+async def test_senders_quoted_alike_every_time_and_refused_every_time() -> None:
+    """A sender is quoted the same on every message (its quoting is cached), and one
+    that cannot go on a command line is refused on every message, before anything is
+    sent (a refusal is never cached)."""
+    async with SmtpSink() as sink, _client(sink.port) as client:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="not permitted"):
+                await smtppipe.sendmail(client, "<>\r\nRSET", RECIPIENT, b"x")
+        assert sink.attempts == 0
+        for _ in range(2):
+            await smtppipe.sendmail(client, f"Alerts <{SENDER}>", RECIPIENT, b"x")
+    assert [mail.mail_from for mail in sink.received] == [SENDER, SENDER]

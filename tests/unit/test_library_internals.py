@@ -352,6 +352,17 @@ async def test_twilio_message_create_request(
     assert ours.requests == theirs.requests, broken(
         "twilio", "MessageList.create_async's request (URI, form fields, headers)"
     )
+    # The adapter's HTTP client encodes the form itself (sms.py ``_form``) when twilio
+    # hands it the fields as a dict with the form's Content-Type.
+    [(_, kwargs)] = ours.requests
+    assert isinstance(kwargs["data"], dict), broken(
+        "twilio", "http_client.request(data=) as a dict of form fields"
+    )
+    headers = kwargs["headers"]
+    assert isinstance(headers, dict), broken("twilio", "http_client.request(headers=)")
+    assert headers.get("Content-Type") == "application/x-www-form-urlencoded", broken(
+        "twilio", "the form Content-Type in http_client.request(headers=)"
+    )
     assert (receipt.provider_message_id, receipt.provider_code) == (
         created.sid,
         str(created.status),
