@@ -18,7 +18,7 @@ from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.replayer import ReplayRunner
 from dispatcher.delivery.worker import ChannelWorker
 from dispatcher.events.kinds import ChannelKind
-from dispatcher.outbox.waker import Notice, Waker
+from dispatcher.outbox.waker import Waker
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 
 log = structlog.get_logger("dispatcher.delivery")
@@ -44,7 +44,7 @@ class DeliveryService:
         self.recorder = recorder
         self._mirror = mirror
         self._providers = {kind: providers for kind, (providers, _) in channels.items()}
-        wakeups = {kind.value: Notice() for kind in channels}
+        wakeups = {kind.value: asyncio.Event() for kind in channels}
         self.waker = Waker(database_url, wakeups)
         self.workers = {
             kind: ChannelWorker(

@@ -29,7 +29,6 @@ from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.claims import CLAIM_SESSION, Claimed, claim
-from dispatcher.outbox.waker import Notice
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
 from dispatcher.telemetry import metrics, tracing
@@ -52,7 +51,7 @@ class ChannelWorker(SlotReservations):
         recorder: Recorder,
         settings: ChannelDelivery,
         *,
-        wakeup: Notice,
+        wakeup: asyncio.Event,
         owner: str,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -62,8 +61,7 @@ class ChannelWorker(SlotReservations):
         self._recorder = recorder
         self._settings = settings
         self._slots = Slots(settings.concurrency, settings.critical_reserve)
-        self._notice = wakeup
-        self._wakeup = wakeup.event
+        self._wakeup = wakeup
         self._owner = owner
         self._rand = rand
         self._expiry = ExpirySweep(kind, settings, owner=owner)
@@ -85,10 +83,8 @@ class ChannelWorker(SlotReservations):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._claiming = False
-        #: Claim statements run so far, and notifications that did not start one (every
-        #: recipient they named was waiting for its cap or breaker); for tests and logs.
+        #: Claim statements run so far; for tests and metrics.
         self.claims = 0
-        self.notices_deferred = 0
         self.fast = 0
         #: Rows leased by this worker's claims, and those of them claimed ahead of a
         #: free slot and started from ``_ready``.
@@ -145,7 +141,6 @@ class ChannelWorker(SlotReservations):
             claimed=self.claimed,
             buffered=self.buffered,
             given_back=self.given_back,
-            notices_deferred=self.notices_deferred,
         )
 
     async def _run(self) -> None:
@@ -222,12 +217,8 @@ class ChannelWorker(SlotReservations):
             freed, notified = self._slot_freed.is_set(), self._wakeup.is_set()
             self._wakeup.clear()
             self._slot_freed.clear()
-            if freed or not notified:
+            if freed or not notified or not self._notice_can_wait():
                 return
-            named = self._notice.take()
-            if not self._notice_can_wait() and not self._named_can_wait(named):
-                return
-            self.notices_deferred += 1
 
     def _notice_can_wait(self) -> bool:
         """Whether a notification can wait for the slots a backlog is already waiting for.
@@ -242,14 +233,6 @@ class ChannelWorker(SlotReservations):
             and self._backlog_priority == _CRITICAL
             and self._slots.free() < self._refill
         )
-
-    def _named_can_wait(self, named: frozenset[str] | None) -> bool:
-        """Whether a notification's rows are all of recipients the last claim left
-        waiting for their cap, or of open breakers: the claim their attempts ending (or
-        the breaker closing) starts will take them, and claiming now would take none."""
-        if named is None or self._stopping:
-            return False
-        return named <= self._capped.union(self._providers.blocked_recipients())
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due deliveries as there are free slots, and while critical rows
@@ -272,7 +255,6 @@ class ChannelWorker(SlotReservations):
         # short of slots can ask for the next one.
         self._slot_freed.clear()
         self._capped = frozenset()
-        self._notice.take()  # this claim reads whatever they named
         self._claiming = True
         try:
             with wrap_db_errors():

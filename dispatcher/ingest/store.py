@@ -20,11 +20,7 @@ from dispatcher.db.sql import Executor, Statement
 from dispatcher.db.states import AuditKind
 from dispatcher.events.rejection import Rejection
 from dispatcher.ingest.incoming import Accepted, Incoming, Source
-from dispatcher.outbox.claims import (
-    NOTIFY_RECIPIENTS,
-    OUTBOX_NOTIFY_CHANNEL,
-    lease_expiry,
-)
+from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL, lease_expiry
 from dispatcher.outbox.handoff import Handoff, Reservation
 from dispatcher.telemetry import tracing
 
@@ -100,18 +96,10 @@ _WRITE_REST = Statement.compile(
                jsonb_build_object('rejected_id', id, 'reason', reason, 'message_id', message_id)
         FROM rejected_in
     ), woken AS (
-        -- One notification per channel with pending rows; for a channel whose
-        -- recipients are configuration names, with those names (a few kB at most,
-        -- else the channel alone: a payload is limited to 8,000 bytes).
         SELECT count(*) AS n
-        FROM (SELECT pg_notify(:notify_channel, CASE
-                  WHEN c = ANY(CAST(:notify_recipients AS text[]))
-                       AND sum(octet_length(r) + 1) < 4000
-                  THEN c || chr(10) || string_agg(r, chr(10) ORDER BY r)
-                  ELSE c END)
-              FROM (SELECT DISTINCT channel AS c, recipient AS r FROM deliveries_in
-                    WHERE lease_token IS NULL) AS pending
-              GROUP BY c) AS notified
+        FROM (SELECT pg_notify(:notify_channel, c)
+              FROM (SELECT DISTINCT channel AS c FROM deliveries_in
+                    WHERE lease_token IS NULL) AS pending) AS notified
     ), leased_events AS (
         -- By primary key from an array, as the claims read them: never a join that a
         -- generic plan could turn into a scan of the whole events table.
@@ -234,7 +222,6 @@ async def _write_rest(
         else list(reservation.leases),
         "owner": None if reservation is None else reservation.owner,
         "notify_channel": OUTBOX_NOTIFY_CHANNEL,
-        "notify_recipients": list(NOTIFY_RECIPIENTS),
     }
     try:
         rows = await _WRITE_REST.fetch(conn, **rest)

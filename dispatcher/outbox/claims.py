@@ -18,14 +18,8 @@ from dispatcher.db.plans import INDEX_PLANS
 from dispatcher.db.sql import Executor, Statement, from_row
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind
 
-#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind, and
-#: for the channels in ``NOTIFY_RECIPIENTS`` the recipients with new rows after it
-#: (``outbox/waker.py``).
+#: NOTIFY channel the delivery workers LISTEN on; the payload is the channel kind.
 OUTBOX_NOTIFY_CHANNEL = "dispatcher_outbox"
-#: Channels whose recipients are configuration names (webhook endpoints), which a
-#: notification may carry. Email and SMS recipients are addresses and phone numbers:
-#: health data, never in a payload any LISTENer of the database could read.
-NOTIFY_RECIPIENTS = (ChannelKind.WEBHOOK.value,)
 
 
 #: Session settings of the connection that runs the claims (a channel worker's): each

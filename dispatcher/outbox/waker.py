@@ -2,15 +2,10 @@
 
 Notifications are an optimisation: workers also sweep on a timer, so a lost notification
 or a broken LISTEN connection delays a delivery by at most one poll interval.
-
-A payload is a channel kind, alone or followed by the recipients that have new rows, one
-per line (``NOTIFY_RECIPIENTS``: webhook endpoints, which are configuration names; never
-an address or a phone number). A worker whose named recipients are all waiting for their
-own cap or breaker can let the notification wait (``delivery/worker.py``).
 """
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import asyncpg
 import structlog
@@ -37,51 +32,26 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
     return url.set(query=query).render_as_string(hide_password=False)
 
 
-class Notice:
-    """One channel worker's notifications: ``event`` is set by each, and ``take`` says
-    which recipients they named since it was last called (None: one named none, so
-    anything of the channel may be new)."""
-
-    __slots__ = ("_named", "event")
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self._named: set[str] | None = set()
-
-    def announce(self, named: Sequence[str] | None) -> None:
-        if named is None:
-            self._named = None
-        elif self._named is not None:
-            self._named.update(named)
-        self.event.set()
-
-    def take(self) -> frozenset[str] | None:
-        named = None if self._named is None else frozenset(self._named)
-        self._named = set()
-        return named
-
-
 class Waker:
-    """LISTENs on the outbox channel and tells the worker named in the payload."""
+    """LISTENs on the outbox channel and sets the event of the worker named in the payload."""
 
     def __init__(
         self,
         database_url: str,
-        notices: Mapping[str, Notice],
+        events: Mapping[str, asyncio.Event],
         *,
         reconnect_max: float = 10.0,
     ) -> None:
         self._dsn = asyncpg_dsn(database_url)
-        self._notices = notices
+        self._events = events
         self._reconnect_max = reconnect_max
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        kind, _, named = payload.partition("\n")
-        notice = self._notices.get(kind)
-        if notice is not None:
-            notice.announce(named.split("\n") if named else None)
+        event = self._events.get(payload)
+        if event is not None:
+            event.set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-waker")
@@ -101,9 +71,8 @@ class Waker:
                 await conn.add_listener(OUTBOX_NOTIFY_CHANNEL, self._notified)
                 self.connected.set()
                 backoff.reset()
-                for notice in self._notices.values():
-                    # catch up on anything committed while we were not listening
-                    notice.announce(None)
+                for event in self._events.values():
+                    event.set()  # catch up on anything committed while we were not listening
                 while not conn.is_closed():
                     await asyncio.sleep(5)
                     # notice a dead connection promptly, a half-open one too

@@ -219,47 +219,6 @@ async def test_new_deliveries_notify_their_channel(engine, database) -> None:
     assert sorted(received) == [ChannelKind.EMAIL.value, ChannelKind.SMS.value]
 
 
-async def test_webhook_notifications_name_their_endpoints_and_no_address(
-    engine, database
-) -> None:
-    """A webhook notification names the endpoints with new rows (configuration names);
-    an email or SMS one names the channel only, never an address or a phone number."""
-    import asyncpg
-
-    received: list[str] = []
-    conn = await asyncpg.connect(
-        database.replace("postgresql+asyncpg://", "postgresql://")
-    )
-    got = asyncio.Event()
-
-    def listener(*args: object) -> None:
-        received.append(str(args[3]))
-        if len(received) >= 2:
-            got.set()
-
-    routes = [
-        Route(ChannelKind.WEBHOOK, "safety-monitor", None),
-        Route(ChannelKind.WEBHOOK, "crisis-line", None),
-        Route(ChannelKind.EMAIL, "crisis-team@example.org", None),
-    ]
-    await conn.add_listener("dispatcher_outbox", listener)
-    try:
-        await store(
-            engine,
-            [
-                incoming(event_bytes(), routes=routes),
-                incoming(event_bytes(), routes=routes[:1]),
-            ],
-        )
-        await wait_for(got, "a NOTIFY for each channel", timeout=5)
-    finally:
-        await conn.close()
-    assert sorted(received) == [
-        ChannelKind.EMAIL.value,
-        "webhook\ncrisis-line\nsafety-monitor",
-    ]
-
-
 class Committed:
     """An ``on_commit`` that records tokens and lets a test wait for them."""
 

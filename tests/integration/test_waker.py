@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from dispatcher.outbox.claims import OUTBOX_NOTIFY_CHANNEL
-from dispatcher.outbox.waker import Notice, Waker, asyncpg_dsn
+from dispatcher.outbox.waker import Waker, asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
 
@@ -34,49 +34,17 @@ async def _terminate_listener(dsn: str) -> int:
 
 
 async def test_waker_wakes_the_named_worker(database: str) -> None:
-    """A NOTIFY carrying a channel kind sets that worker's event and no other, and
-    names no recipient (anything of the channel may be new)."""
-    email, sms = Notice(), Notice()
+    """A NOTIFY carrying a channel kind sets that worker's event and no other."""
+    email, sms = asyncio.Event(), asyncio.Event()
     waker = Waker(database, {"email": email, "sms": sms})
     await waker.start()
     try:
         await asyncio.wait_for(waker.connected.wait(), 10)
-        email.event.clear()
-        sms.event.clear()
-        sms.take()
+        email.clear()
+        sms.clear()
         await _notify(asyncpg_dsn(database), "email")
-        await asyncio.wait_for(email.event.wait(), 10)
-        assert not sms.event.is_set()
-        assert email.take() is None
-    finally:
-        await waker.stop()
-
-
-async def test_waker_collects_the_recipients_notifications_name(database: str) -> None:
-    """Recipients after the kind, one per line, are collected until the worker takes
-    them; a notification naming none makes it anything again."""
-    webhook = Notice()
-    waker = Waker(database, {"webhook": webhook})
-    await waker.start()
-    dsn = asyncpg_dsn(database)
-    try:
-        await asyncio.wait_for(waker.connected.wait(), 10)
-        webhook.take()  # the catch-up on connecting
-        webhook.event.clear()
-        await _notify(dsn, "webhook\nmonitor-a\nmonitor-b")
-        await asyncio.wait_for(webhook.event.wait(), 10)
-        webhook.event.clear()
-        await _notify(dsn, "webhook\nmonitor-c")
-        await asyncio.wait_for(webhook.event.wait(), 10)
-        assert webhook.take() == {"monitor-a", "monitor-b", "monitor-c"}
-        assert webhook.take() == frozenset()
-        webhook.event.clear()
-        await _notify(dsn, "webhook\nmonitor-a")
-        await asyncio.wait_for(webhook.event.wait(), 10)
-        webhook.event.clear()
-        await _notify(dsn, "webhook")
-        await asyncio.wait_for(webhook.event.wait(), 10)
-        assert webhook.take() is None
+        await asyncio.wait_for(email.wait(), 10)
+        assert not sms.is_set()
     finally:
         await waker.stop()
 
@@ -84,9 +52,8 @@ async def test_waker_collects_the_recipients_notifications_name(database: str) -
 async def test_waker_listens_again_after_its_connection_dies(database: str) -> None:
     """After its backend is killed the waker reconnects (with backoff), wakes every
     worker to catch up, and receives notifications again."""
-    notice = Notice()
-    email = notice.event
-    waker = Waker(database, {"email": notice}, reconnect_max=0.5)
+    email = asyncio.Event()
+    waker = Waker(database, {"email": email}, reconnect_max=0.5)
     await waker.start()
     dsn = asyncpg_dsn(database)
     try:
