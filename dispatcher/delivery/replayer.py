@@ -63,6 +63,9 @@ class ReplayRunner:
         self._only = only
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Requeue steps and checkpoints run so far; for tests.
+        self.steps = 0
+        self.checkpoints = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="replay-runner")
@@ -134,7 +137,11 @@ class ReplayRunner:
             tokens = min(tokens + rate * (now - last), max(rate, 1.0))
             last = now
             n = int(tokens) if rate > 0 else BATCH
-            if waiting and n:
+            settle = now >= next_settle or not waiting
+            # Paused: every waiting item is held, so a step would only walk past them
+            # all again. Try once per checkpoint (held may have changed), not per tick.
+            if waiting and n and (settle or not paused):
+                self.steps += 1
                 step = await requeue.requeue(
                     conn,
                     replay.id,
@@ -149,7 +156,8 @@ class ReplayRunner:
                 metrics.replayed(step.by_channel)
                 tokens -= step.requeued if rate > 0 else 0
                 paused = not (step.requeued or step.skipped) and any(held)
-            if now >= next_settle or not waiting:
+            if settle:
+                self.checkpoints += 1
                 next_settle = now + self._settle_interval
                 held = await self._held(conn)
                 waiting = await self._checkpoint(conn, replay.id, paused=paused)

@@ -338,8 +338,9 @@ async def test_a_breaker_that_opens_pauses_the_replay_instead_of_burning_its_set
     stack: StackFactory, webhook_sink: WebhookSink
 ) -> None:
     """The endpoint fails again mid-replay: its breaker opens, the replay pauses with
-    most of its set still waiting (not dead-lettered again), and once the endpoint is
-    back and the breaker closes, it finishes; each delivery arrives once."""
+    most of its set still waiting (not dead-lettered again) and stops walking its held
+    set on every tick, and once the endpoint is back and the breaker closes, it
+    finishes; each delivery arrives once."""
     n = 60
     breaker = {**FAST["breaker"], "open_seconds": 3.0}
     retry = {**FAST["retry"], "max_attempts": 4}
@@ -358,6 +359,18 @@ async def test_a_breaker_that_opens_pauses_the_replay_instead_of_burning_its_set
         paused = await wait_replay(
             s.engine, replay_id, lambda r: r.status == "paused", timeout=30
         )
+        # Paused, it tries its held set again once per checkpoint, not on every tick.
+        assert s.delivery is not None
+        assert s.delivery.replayer is not None
+        runner = s.delivery.replayer
+        steps, checkpoints = runner.steps, runner.checkpoints
+
+        def three_checkpoints() -> bool | NotYet:
+            n = runner.checkpoints - checkpoints
+            return n >= 3 or NotYet(n)
+
+        await wait_for(three_checkpoints, "three checkpoints while paused", timeout=30)
+        assert runner.steps - steps <= runner.checkpoints - checkpoints + 1
         [dead_again] = await s.rows(
             "SELECT count(*) AS n FROM deliveries WHERE status = 'dead'"
             " AND replay_id = :r",
