@@ -9,6 +9,7 @@ import asyncio
 import signal
 import sys
 
+from dispatcher.app import GC_THRESHOLDS
 from tests.waiting import wait_for
 
 REPLICA = """
@@ -19,11 +20,13 @@ from dispatcher.db.engine import create_engine
 engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")  # never used
 asyncio.run(run_until_signalled([], engine))
 print("frozen", gc.get_freeze_count(), flush=True)
+print("thresholds", *gc.get_threshold(), flush=True)
 """
 
 
 async def test_serving_freezes_what_start_up_built() -> None:
-    """Once serving, start-up objects are frozen; SIGTERM then stops it cleanly."""
+    """Once serving, start-up objects are frozen and the young generation is collected
+    at the service's thresholds, not CPython's 700; SIGTERM then stops it cleanly."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -54,3 +57,5 @@ async def test_serving_freezes_what_start_up_built() -> None:
     assert child.returncode == 0, b"".join(output) + rest
     (frozen,) = [line for line in rest.splitlines() if line.startswith(b"frozen ")]
     assert int(frozen.split()[1]) > 0
+    (thresholds,) = [line for line in rest.splitlines() if line.startswith(b"thresh")]
+    assert tuple(int(n) for n in thresholds.split()[1:]) == GC_THRESHOLDS
