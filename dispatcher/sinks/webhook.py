@@ -3,7 +3,8 @@
 It records every request (path, headers, raw body, receipt time), counts the
 accepted (2xx) ones per ``webhook-id``, so a test can assert that nothing was accepted
 twice, and keeps the most requests it handled at once per path (``peak_concurrent``), so
-a test can assert a per-endpoint cap as the receiver sees it. It never logs: bodies are health data, and its access log is off.
+a test can assert a per-endpoint cap as the receiver sees it. It never logs: bodies are
+health data, and its access log is off.
 """
 
 import asyncio
