@@ -14,9 +14,10 @@ recipient has room under the cap; the first such row in order starts, and a row 
 recipient is at its cap does not hold up a later one whose recipient has room (no
 head-of-line blocking). What a claim may lease per recipient is bounded instead: its room
 is ``cap + allowance - (in flight + waiting here)``, where the allowance is ``cap`` while
-the claim claims ahead and 0 otherwise. So an endpoint at its cap has at most ``cap`` rows
-waiting here, and a claim that does not claim ahead leases no more of a recipient's rows
-than can start at once. Overall at most ``capacity`` rows wait (the worker makes it twice
+the claim claims ahead, ``2 x cap`` for a recipient the worker knows to have critical rows
+left behind at its cap (a "lead", delivery/worker.py), and 0 otherwise. So an endpoint at
+its cap has at most ``2 x cap`` rows waiting here, and a claim leases no more of any other
+recipient's rows than can start at once. Overall at most ``capacity`` rows wait (the worker makes it twice
 its slots).
 
 A row here is leased like any claimed row, so nobody else sends it. It is started only

@@ -58,7 +58,8 @@ _LEASE_CHOSEN = f"""
                   d.created_at, d.traceparent, d.replay_id, e.payload, c.ord
     )
     SELECT l.id, l.event_id, l.recipient, l.attempts, l.lease_token, l.priority,
-           l.created_at, l.traceparent, l.replay_id, l.payload, r.considered, r.capped
+           l.created_at, l.traceparent, l.replay_id, l.payload, r.considered, r.capped,
+           r.capped_priorities
     FROM report AS r LEFT JOIN leased AS l ON true
     ORDER BY l.ord
     """  # noqa: S608 - constant SQL fragments; values are bound
@@ -89,9 +90,13 @@ _CHOOSE_BY_CHANNEL = """
              AS busy(recipient, n) USING (recipient)
     ), chosen AS (
         SELECT id, priority, next_attempt_at FROM ranked WHERE taken
+    ), left_behind AS (
+        SELECT recipient, min(priority) AS priority FROM ranked WHERE NOT taken
+        GROUP BY recipient
     ), report AS (
         SELECT (SELECT count(*) FROM candidates) AS considered,
-               ARRAY(SELECT DISTINCT recipient FROM ranked WHERE NOT taken) AS capped
+               ARRAY(SELECT recipient FROM left_behind ORDER BY recipient) AS capped,
+               ARRAY(SELECT priority FROM left_behind ORDER BY recipient) AS capped_priorities
     )
     """
 _CLAIM = Statement.compile(_CHOOSE_BY_CHANNEL + _LEASE_CHOSEN)
@@ -144,11 +149,15 @@ _CHOOSE_BY_ENDPOINT = """
         WHERE nth <= room
         ORDER BY priority, next_attempt_at
         LIMIT CAST(:limit AS int)
+    ), left_behind AS (
+        -- Left for the cap only where the cap, not the claim's limit, was the room: the
+        -- one row past each such lane's room, the most urgent of those it left.
+        SELECT recipient, priority FROM candidates
+        WHERE nth > room AND room < CAST(:limit AS int)
     ), report AS (
         SELECT (SELECT count(*) FROM chosen) AS considered,
-               -- Left for the cap only where the cap, not the claim's limit, was the room.
-               ARRAY(SELECT recipient FROM candidates
-                     WHERE nth > room AND room < CAST(:limit AS int)) AS capped
+               ARRAY(SELECT recipient FROM left_behind ORDER BY recipient) AS capped,
+               ARRAY(SELECT priority FROM left_behind ORDER BY recipient) AS capped_priorities
     )
     """
 _CLAIM_LANES = Statement.compile(_CHOOSE_BY_ENDPOINT + _LEASE_CHOSEN)
@@ -180,8 +189,11 @@ class Claim(NamedTuple):
     considered: int
     #: Recipients whose due rows it left behind for their cap: nothing announces those
     #: rows again, so their next claim must come from their attempts ending. A recipient
-    #: already at its cap is named without its rows being read.
+    #: already at its cap is named whether or not its rows were read.
     capped: frozenset[str]
+    #: Of those whose rows it read, the priority of the most urgent row it left behind
+    #: (an endpoint already at its cap: the one row read of it).
+    left: Mapping[str, int]
 
 
 async def claim(
@@ -200,31 +212,36 @@ async def claim(
 
     With a ``cap``, no recipient gets more than ``cap`` minus its ``in_flight`` attempts;
     the rest stay due, untouched, and ``Claim.capped`` names their recipients. Webhook
-    rows are claimed per endpoint (``_CLAIM_LANES``): the rows of ``blocked`` endpoints,
-    and of endpoints at their cap, are not read at all. Outside a transaction the lease
+    rows are claimed per endpoint (``_CLAIM_LANES``): the rows of ``blocked`` endpoints
+    are not read at all, and of an endpoint at its cap one row only, for ``Claim.left``;
+    channel-wide, a recipient at its cap is not read. Outside a transaction the lease
     is committed when this returns (asyncpg hands the rows over only after the
     statement's implicit commit).
     """
     busy = dict(in_flight or {})
     at_cap = frozenset(r for r, n in busy.items() if cap is not None and n >= cap)
+    lanes = channel == ChannelKind.WEBHOOK
     args = {
         "channel": channel,
         "limit": limit,
         "cap": cap,
         "busy_recipients": list(busy),
         "busy_counts": list(busy.values()),
-        "blocked": [*blocked, *at_cap],
+        # Per endpoint, one row of an endpoint at its cap is read (what it left behind);
+        # channel-wide, its rows would take the places of other recipients' candidates.
+        "blocked": list(blocked) if lanes else [*blocked, *at_cap],
         "max_priority": max_priority,
         "owner": owner,
         "lease": lease_seconds,
     }
-    statement = _CLAIM_LANES if channel == ChannelKind.WEBHOOK else _CLAIM
+    statement = _CLAIM_LANES if lanes else _CLAIM
     rows = await statement.fetch(conn, **args)
     report = rows[0]  # there is always one, with or without a leased row
     return Claim(
         [from_row(Claimed, row) for row in rows if row["id"] is not None],
         report["considered"],
         frozenset(report["capped"]) | at_cap,
+        dict(zip(report["capped"], report["capped_priorities"], strict=True)),
     )
 
 
@@ -247,7 +264,8 @@ _CHOOSE_EXPIRED = """
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
     ), report AS (
-        SELECT CAST(0 AS bigint) AS considered, CAST(ARRAY[] AS text[]) AS capped
+        SELECT CAST(0 AS bigint) AS considered, CAST(ARRAY[] AS text[]) AS capped,
+               CAST(ARRAY[] AS smallint[]) AS capped_priorities
     )
     """
 _EXPIRED = Statement.compile(_CHOOSE_EXPIRED + _LEASE_CHOSEN)
