@@ -96,7 +96,7 @@ class Batcher(Generic[T]):
         on_commit: Callable[[list[T]], Awaitable[None]],
         *,
         batch_max: int = 500,
-        writers: int = 2,
+        writers: int = 1,
         max_body_bytes: int = 262_144,
         retry_max_delay: float = 5.0,
         recipient_key: bytes | None = None,
