@@ -17,8 +17,8 @@ is ``cap + allowance - (in flight + waiting here)``, where the allowance is ``ca
 the claim claims ahead, ``2 x cap`` for a recipient the worker knows to have critical rows
 left behind at its cap (a "lead", delivery/worker.py), and 0 otherwise. So an endpoint at
 its cap has at most ``2 x cap`` rows waiting here, and a claim leases no more of any other
-recipient's rows than can start at once. Overall at most ``capacity`` rows wait (the worker makes it twice
-its slots).
+recipient's rows than can start at once. Overall at most ``capacity`` rows wait (the worker makes it four
+times its slots).
 
 A row here is leased like any claimed row, so nobody else sends it. It is started only
 while its lease is young: at most ``max_age`` seconds old (half of what the lease has

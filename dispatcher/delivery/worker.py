@@ -82,10 +82,10 @@ class ChannelWorker(SlotReservations):
         self._lead_allowance = 2 * cap if cap is not None else 0
         self._lead_refill = max(1, cap // 2) if cap is not None else 0
         self._backlog_priority: int | None = None
-        #: Critical rows claimed ahead of free slots (delivery/ready.py): twice the
-        #: slots, so a backlog's claims lease about 1.5 x concurrency rows each.
+        #: Critical rows claimed ahead of free slots (delivery/ready.py): four times
+        #: the slots, so a backlog's claims lease about 2.5 x concurrency rows each.
         self._ready = ReadyRows(
-            2 * settings.concurrency,
+            4 * settings.concurrency,
             (settings.lease_seconds - settings.try_seconds()) / 2,
         )
         self._task: asyncio.Task[None] | None = None
