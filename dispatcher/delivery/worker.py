@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -21,6 +21,7 @@ from dispatcher.db.kept import KeptConnection
 from dispatcher.db.states import DeliveryStatus
 from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.expiry import ExpirySweep
+from dispatcher.delivery.leads import Leads
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.ready import ReadyRows
 from dispatcher.delivery.recorder import Recorder
@@ -73,14 +74,8 @@ class ChannelWorker(SlotReservations):
         self._refill = max(1, settings.concurrency // 4)
         cap = settings.max_inflight_per_recipient
         self._cap_refill = max(1, cap // 4) if cap is not None else 1
-        #: Recipients at their cap that the last claims saw leave critical rows behind
-        #: ("leads"): their rows are claimed ahead of their attempts, up to
-        #: ``_lead_allowance`` rows beyond the cap, once ``_lead_refill`` or fewer of them
-        #: are left waiting; so an endpoint whose cap is below the slots (webhook: 16 of
-        #: 32) is refilled a few claims a cap's worth, not a claim per few attempts.
-        self._leads: frozenset[str] = frozenset()
-        self._lead_allowance = 2 * cap if cap is not None else 0
-        self._lead_refill = max(1, cap // 2) if cap is not None else 0
+        #: Recipients at their cap with critical rows behind it (delivery/leads.py).
+        self._leads = Leads(cap)
         self._backlog_priority: int | None = None
         #: Critical rows claimed ahead of free slots (delivery/ready.py): four times
         #: the slots, so a backlog's claims lease about 2.5 x concurrency rows each.
@@ -259,7 +254,7 @@ class ChannelWorker(SlotReservations):
         )
         blocked = self._providers.blocked_recipients()
         # Claiming ahead channel-wide already gives every recipient an allowance.
-        leads = frozenset() if ahead else self._leads.difference(blocked)
+        leads = frozenset() if ahead else self._leads.usable(blocked)
         busy = self._slots.per_recipient + self._ready.per_recipient
         if leads:
             limit += self._ready.room()
@@ -281,15 +276,20 @@ class ChannelWorker(SlotReservations):
                     blocked=blocked,
                     max_priority=max_priority,
                     cap=self._claim_cap(ahead),
-                    in_flight=self._allow(busy, leads),
+                    in_flight=self._leads.allow(busy, leads),
                 )
         finally:
             self._claiming = False
         self.claimed += len(rows)
         if leads:
-            rows, back = self._give_back_past_cap(rows, leads, busy)
-            # Due again, behind their recipient's cap: its attempts ending claim them.
-            capped |= back
+            rows, back = self._leads.only_critical_ahead(
+                rows, leads, busy, min(free, general)
+            )
+            self._give_back(back)
+            # Due again, behind their recipient's cap or the slots: its attempts ending,
+            # or enough freed slots, claim them (and the fast path waits behind them).
+            capped |= {row.recipient for row in back}
+            self._short_of_slots = self._short_of_slots or bool(back)
         waiting = len(self._ready)
         self._ready.add(rows)
         self._start_ready()
@@ -299,11 +299,7 @@ class ChannelWorker(SlotReservations):
         # during the claim may have taken a recipient below its cap although its rows
         # still wait. Their room counts now, so they may start the next claim at once.
         self._capped = capped
-        # A lead stays one while it is at its cap unread, or left critical rows again.
-        self._leads = frozenset(
-            {r for r in self._leads if r in capped and r not in left}
-            | {r for r, priority in left.items() if priority <= _CRITICAL}
-        )
+        self._leads.learn(capped, left)
         if any(self._room(r) >= self._cap_refill for r in capped):
             self._slot_freed.set()
         # A full set of candidates: more may be due now, even if the cap left some behind.
@@ -333,36 +329,6 @@ class ChannelWorker(SlotReservations):
         cap = self._settings.max_inflight_per_recipient
         return None if cap is None else cap + (cap if ahead else 0)
 
-    def _allow(self, busy: Mapping[str, int], leads: frozenset[str]) -> dict[str, int]:
-        """What a claim counts against each recipient's cap: ``busy`` (its attempts and
-        its rows claimed ahead), less the allowance of a lead (so the claim leases it
-        that many more)."""
-        allowed = dict(busy)
-        for recipient in leads:
-            allowed[recipient] = allowed.get(recipient, 0) - self._lead_allowance
-        return allowed
-
-    def _give_back_past_cap(
-        self, rows: list[Claimed], leads: frozenset[str], busy: Mapping[str, int]
-    ) -> tuple[list[Claimed], frozenset[str]]:
-        """``rows`` less those a lead's allowance brought that are not critical, which
-        are given back (and their recipients): only critical rows wait ahead of their recipient's cap, so a
-        critical row arriving later is never queued behind less urgent ones. A lead's
-        last claim may bring some (its critical backlog ends); it is no lead after it."""
-        cap = self._settings.max_inflight_per_recipient or 0
-        room = {r: cap - busy.get(r, 0) for r in leads}
-        kept: list[Claimed] = []
-        back: list[Claimed] = []
-        for row in rows:
-            if row.recipient in room:
-                room[row.recipient] -= 1
-                if room[row.recipient] < 0 and row.priority > _CRITICAL:
-                    back.append(row)
-                    continue
-            kept.append(row)
-        self._give_back(back)
-        return kept, frozenset(row.recipient for row in back)
-
     def _room(self, recipient: str) -> int:
         """Rows of ``recipient`` a claim that does not claim ahead could start now."""
         cap = self._settings.max_inflight_per_recipient
@@ -389,9 +355,10 @@ class ChannelWorker(SlotReservations):
             (self._short_of_slots and self._slots.free() >= self._refill)
             or (recipient in self._capped and self._room(recipient) >= self._cap_refill)
             or (
-                recipient in self._leads
-                and not self._claiming
-                and self._ready.per_recipient[recipient] <= self._lead_refill
+                not self._claiming
+                and self._leads.wants_refill(
+                    recipient, self._ready.per_recipient[recipient]
+                )
             )
             or (
                 self._backlog_priority == _CRITICAL and len(self._ready) <= self._refill

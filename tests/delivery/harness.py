@@ -233,3 +233,9 @@ StackFactory = Callable[..., Stack]
 def workers_of(stacks: Iterable[Stack], kind: ChannelKind) -> list[ChannelWorker]:
     """Each replica's worker of one channel."""
     return [s.delivery.workers[kind] for s in stacks if s.delivery is not None]
+
+
+def worker_of(s: Stack, kind: ChannelKind = ChannelKind.WEBHOOK) -> ChannelWorker:
+    """One replica's worker of one channel."""
+    assert s.delivery is not None
+    return s.delivery.workers[kind]

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack, StackFactory, event_to, webhook_channel
+from tests.delivery.harness import StackFactory, event_to, webhook_channel, worker_of
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -30,11 +29,6 @@ def capped(sink: WebhookSink, names: list[str], cap: int, **more: Any) -> Any:
 
 def critical(*to: tuple[str, str], events: int) -> list[dict[str, Any]]:
     return [event_to(*to, severity="critical") for _ in range(events)]
-
-
-def worker_of(s: Stack) -> Any:
-    assert s.delivery is not None
-    return s.delivery.workers[ChannelKind.WEBHOOK]
 
 
 async def test_an_endpoint_capped_at_the_concurrency_is_claimed_ahead(

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.events.kinds import ChannelKind
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import Stack, StackFactory, event_to, webhook_channel
+from tests.delivery.harness import StackFactory, event_to, webhook_channel, worker_of
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -27,11 +26,6 @@ def below_the_slots(sink: WebhookSink, names: list[str], **more: Any) -> Any:
         **more,
     }
     return {"webhook": webhook_channel(sink.url, names, **settings)}
-
-
-def worker_of(s: Stack) -> Any:
-    assert s.delivery is not None
-    return s.delivery.workers[ChannelKind.WEBHOOK]
 
 
 async def test_an_endpoint_capped_below_the_slots_is_refilled_a_cap_at_a_time(
@@ -142,4 +136,64 @@ async def test_a_leads_allowance_leases_only_critical_rows_ahead(
         rows = await s.wait_final([*critical, *info], count=CAP + 22, timeout=60)
     assert {r.status for r in rows} == {"delivered"}
     assert webhook_sink.peak_concurrent["/slow"] <= CAP
+    assert webhook_sink.duplicates() == []
+
+
+async def test_a_lead_claim_keeps_no_info_row_waiting_for_a_slot(
+    stack: StackFactory, webhook_sink: WebhookSink
+) -> None:
+    """Slots nearly full (two hung endpoints, one of them a lead with critical rows
+    still behind its allowance) when an info backlog arrives for a third: the lead's
+    claim, with room for rows claimed ahead, keeps only as many info rows as there are
+    free slots; the rest stay due, not leased."""
+    for path in ("/lead", "/other", "/late"):
+        webhook_sink.hang(path)
+    channels = below_the_slots(
+        webhook_sink,
+        ["lead", "other", "late"],
+        deadline_seconds=30.0,
+        lease_seconds=90.0,
+    )
+    async with stack(channels=channels) as s:
+        await s.wait_listening_and_swept()
+        other = await s.publish(
+            *[event_to(("webhook", "other"), severity="info") for _ in range(CAP - 1)]
+        )
+        lead = await s.publish(
+            *[
+                event_to(("webhook", "lead"), severity="critical")
+                for _ in range(3 * CAP + 4)
+            ]
+        )
+
+        async def lead_claimed_ahead() -> bool | NotYet:
+            received = (
+                len(webhook_sink.received_on("/other")),
+                len(webhook_sink.received_on("/lead")),
+            )
+            leased = [r for r in await s.deliveries(lead) if r.status == "in_flight"]
+            state = (*received, len(leased))
+            return state == (CAP - 1, CAP, 3 * CAP) or NotYet(state)
+
+        await wait_for(lead_claimed_ahead, "a lead claimed ahead", timeout=30)
+        # One slot of eight is free.
+        late = await s.publish(
+            *[event_to(("webhook", "late"), severity="info") for _ in range(10)]
+        )
+
+        async def one_late_leased() -> bool | NotYet:
+            leased = [r for r in await s.deliveries(late) if r.status == "in_flight"]
+            state = (len(webhook_sink.received_on("/late")), len(leased))
+            return state == (1, 1) or NotYet(state)
+
+        await wait_for(
+            one_late_leased, "one late row sent, no other leased", timeout=30
+        )
+        for path in ("/lead", "/other", "/late"):
+            webhook_sink.clear(path)
+        webhook_sink.release()
+        rows = await s.wait_final(
+            [*other, *lead, *late], count=CAP - 1 + 3 * CAP + 4 + 10, timeout=60
+        )
+    assert {r.status for r in rows} == {"delivered"}
     assert webhook_sink.duplicates() == []
