@@ -1,14 +1,15 @@
 """Leads: an endpoint whose cap is below the worker's slots, left with critical rows
 behind at its cap, has its rows claimed ahead of its attempts (up to twice its cap beyond
-it), so it is refilled a few claims a cap's worth instead of one claim per attempt or two;
-other endpoints' rows, of any severity, are claimed beside it (delivery/worker.py)."""
+it), so it is refilled a few claims a cap's worth instead of one claim per attempt or two
+(test_claim_ahead_capped.py); other endpoints' rows, of any severity, are claimed beside
+it, and only critical rows wait ahead of a slot or a cap (delivery/leads.py)."""
 
 from typing import Any
 
 import pytest
 
 from dispatcher.sinks.webhook import WebhookSink
-from tests.delivery.harness import StackFactory, event_to, webhook_channel, worker_of
+from tests.delivery.harness import StackFactory, event_to, webhook_channel
 from tests.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -26,30 +27,6 @@ def below_the_slots(sink: WebhookSink, names: list[str], **more: Any) -> Any:
         **more,
     }
     return {"webhook": webhook_channel(sink.url, names, **settings)}
-
-
-async def test_an_endpoint_capped_below_the_slots_is_refilled_a_cap_at_a_time(
-    stack: StackFactory, webhook_sink: WebhookSink
-) -> None:
-    """A critical backlog for one endpoint capped at half the slots: claims lease several
-    of its rows each (without leads, one claim per attempt or two that ended), the
-    receiver never sees more than the cap at once, and every row is sent once."""
-    webhook_sink.latency("/monitor", 0.005, 0.02)
-    async with stack(channels=below_the_slots(webhook_sink, ["monitor"])) as s:
-        await s.wait_listening_and_swept()
-        events = [
-            event_to(("webhook", "monitor"), severity="critical") for _ in range(120)
-        ]
-        ids = await s.publish(*events)
-        rows = await s.wait_final(ids, count=120, timeout=60)
-        worker = worker_of(s)
-        claimed, claims, fast = worker.claimed, worker.claims, worker.fast
-    assert {r.status for r in rows} == {"delivered"}
-    assert claimed + fast == 120
-    assert claims * 3 <= claimed, (claims, claimed)
-    assert webhook_sink.peak_concurrent["/monitor"] <= CAP
-    assert webhook_sink.duplicates() == []
-    assert len(webhook_sink.accepted) == 120
 
 
 async def test_a_lead_holds_up_no_other_endpoint_of_any_severity(
