@@ -11,34 +11,29 @@ import contextlib
 import contextvars
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.engine import wrap_db_errors
 from dispatcher.db.kept import KeptConnection
-from dispatcher.db.states import DeliveryStatus
-from dispatcher.delivery.attempt import attempt
 from dispatcher.delivery.expiry import ExpirySweep
 from dispatcher.delivery.leads import Leads
 from dispatcher.delivery.providers import Providers
 from dispatcher.delivery.ready import ReadyRows
 from dispatcher.delivery.recorder import Recorder
 from dispatcher.delivery.reservations import SlotReservations
+from dispatcher.delivery.send import send
 from dispatcher.delivery.slots import Slots
 from dispatcher.errors import DispatcherError
 from dispatcher.events.kinds import LEAST_URGENT, ChannelKind, Severity
 from dispatcher.outbox.claims import CLAIM_SESSION, Claimed, claim
 from dispatcher.resilience.backoff import Backoff
 from dispatcher.resilience.delivery_policy import ChannelDelivery
-from dispatcher.telemetry import metrics, tracing
 
 log = structlog.get_logger("dispatcher.delivery")
 
 _CRITICAL = Severity.CRITICAL.priority
-_SEVERITY = {s.priority: s.value for s in Severity}
-_FINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.DEAD})
 
 
 class ChannelWorker(SlotReservations):
@@ -318,7 +313,17 @@ class ChannelWorker(SlotReservations):
         """Attempt a leased row in a slot; its recipient is already counted. In a context
         of its own: a fast-path row is launched from ingest's batch (its span, its log
         context), a claimed one from the claim loop, and both must run alike."""
-        task = asyncio.create_task(self._attempt(row), context=contextvars.Context())
+        task = asyncio.create_task(
+            send(
+                row,
+                kind=self.kind,
+                providers=self._providers,
+                settings=self._settings,
+                recorder=self._recorder,
+                rand=self._rand,
+            ),
+            context=contextvars.Context(),
+        )
         self._slots.start(task, row.priority, row.recipient)
         task.add_done_callback(self._finished)
 
@@ -365,49 +370,3 @@ class ChannelWorker(SlotReservations):
             )
         ):
             self._slot_freed.set()
-
-    async def _attempt(self, row: Claimed) -> None:
-        channel = self.kind.value
-        severity = _SEVERITY.get(row.priority, "info")
-        with (
-            structlog.contextvars.bound_contextvars(
-                delivery_id=str(row.id), event_id=str(row.event_id)
-            ),
-            tracing.delivery_attempt(
-                channel,
-                traceparent=row.traceparent,
-                delivery_id=str(row.id),
-                event_id=str(row.event_id),
-                attempt=row.attempts,
-                severity=severity,
-                replay_id=str(row.replay_id) if row.replay_id else None,
-            ) as span,
-        ):
-            outcome = await attempt(
-                row,
-                self._providers.candidates(row.recipient),
-                deadline=self._settings.deadline_seconds,
-                policy_for=self._settings.policy_for,
-                open_until=self._providers.all_open_until,
-                rand=self._rand,
-            )
-            tracing.attempt_ended(
-                span,
-                status=outcome.status.value,
-                provider=outcome.provider,
-                error_class=outcome.error_class,
-            )
-        final = outcome.status.value if outcome.status in _FINAL else None
-        metrics.delivery_attempted(
-            channel,
-            severity,
-            outcome.attempts,
-            final=final,
-            endpoint=row.recipient if self.kind is ChannelKind.WEBHOOK else None,
-            age_seconds=(datetime.now(UTC) - row.created_at).total_seconds()
-            if final == "delivered"
-            else None,
-        )
-        # Logged by the recorder once committed: a claim whose lease ran out may
-        # not change the row any more.
-        self._recorder.add(outcome, lease_seconds=self._settings.lease_seconds)
